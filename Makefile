@@ -1,0 +1,48 @@
+# One vocabulary for people and CI: install demo test lint typecheck bench worker flower.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export DAGWORKER_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install demo test test-unit test-integration lint typecheck bench worker flower clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install dagworker with its dev tools
+
+demo: install  ## run the demo pipeline on a local worker (embedded Redis if none answers)
+	$(BIN)/dagworker demo
+
+test: install  ## unit and integration tests (integration needs Redis; .ci/run starts one)
+	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: install
+	$(BIN)/ruff check dagworker plugins tests bench
+	$(BIN)/ruff format --check dagworker
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install  ## benchmarks: print figures, assert nothing
+	$(BIN)/python -m bench
+
+worker: install  ## a worker on the default queue, with plugins from DAGWORKER_PLUGINS
+	$(BIN)/celery -A dagworker worker --loglevel=INFO
+
+flower: install  ## Flower on http://127.0.0.1:5555 against the same broker
+	$(BIN)/celery -A dagworker flower --address=127.0.0.1 --port=5555
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

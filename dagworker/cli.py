@@ -1,0 +1,237 @@
+"""The ``dagworker`` command line.
+
+Exit codes (documented in the README):
+  0  the run completed / the command succeeded
+  1  the run ended failed, cancelled, rolled back or rollback_failed
+  2  invalid input: a pipeline that fails validation, a bad --input, a bad file
+  3  no such run
+  4  timed out waiting (the run goes on)
+  5  Redis (or the broker) cannot be reached
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import redis
+from rich.console import Console
+
+from dagworker.client import Client
+from dagworker.errors import (
+    ConfigError,
+    DagworkerError,
+    PipelineError,
+    PluginError,
+    RunNotFound,
+    RunTimeout,
+)
+from dagworker.mermaid import to_mermaid
+from dagworker.pipeline import Pipeline, parse_document, read_pipeline_file
+from dagworker.plugin import registry
+from dagworker.progress import follow, render_status
+from dagworker.states import RunState
+from dagworker.status import RunStatus
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNREACHABLE = range(6)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _exit(code: int, message: str | None = None) -> NoReturn:
+    if message:
+        err_console.print(message, style="red" if code else None, highlight=False, markup=False)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map errors to exit codes with a one-paragraph message, never a traceback."""
+    try:
+        yield
+    except RunNotFound as exc:
+        _exit(EXIT_NOT_FOUND, str(exc))
+    except RunTimeout as exc:
+        _exit(EXIT_TIMEOUT, str(exc))
+    except (PipelineError, PluginError, ConfigError) as exc:
+        _exit(EXIT_INVALID, str(exc))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        _exit(EXIT_UNREACHABLE, f"cannot reach Redis: {exc} (check DAGWORKER_REDIS_URL)")
+    except DagworkerError as exc:
+        _exit(EXIT_FAILED, str(exc))
+
+
+def _client(redis_url: str | None) -> Client:
+    return Client(redis_url)
+
+
+def exit_code_for(status: str) -> int:
+    return EXIT_OK if status == RunState.COMPLETED.value else EXIT_FAILED
+
+
+def parse_inputs(pairs: tuple[str, ...], input_file: str | None) -> dict[str, Any]:
+    """``--input-file`` (JSON/YAML, typed) then ``--input k=v`` (strings) on top."""
+    values: dict[str, Any] = {}
+    if input_file:
+        text = Path(input_file).read_text(encoding="utf-8")
+        values.update(parse_document(text, input_file))
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--input")
+        values[key] = value
+    return values
+
+
+redis_option = click.option("--redis-url", envvar="DAGWORKER_REDIS_URL", default=None,
+                            help="Redis URL (default: $DAGWORKER_REDIS_URL or local).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dagworker")
+def main() -> None:
+    """dagworker: durable DAG pipelines on Celery workers and Redis."""
+
+
+@main.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+def validate(pipeline_file: str) -> None:
+    """Check a pipeline file; print every problem (exit 2) or a summary (exit 0)."""
+    with _errors():
+        client = Client(load_plugins=True)
+        pipeline = client.validate(pipeline_file)
+        console.print(f"[green]ok[/green] {pipeline.name}: {len(pipeline.nodes)} node(s), "
+                      f"plugins {', '.join(sorted({n.plugin for n in pipeline.nodes}))}")
+
+
+@main.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE",
+              help="Run input value (a string); repeatable.")
+@click.option("--input-file", type=click.Path(exists=True, dir_okay=False),
+              help="Run input as a JSON or YAML object (typed values).")
+@click.option("--wait/--no-wait", default=False, help="Follow the run until it ends.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after N s.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@redis_option
+def run(pipeline_file: str, inputs: tuple[str, ...], input_file: str | None, wait: bool,
+        timeout: float | None, as_json: bool, redis_url: str | None) -> None:
+    """Validate and start a run of PIPELINE_FILE."""
+    with _errors():
+        client = _client(redis_url)
+        values = parse_inputs(inputs, input_file)
+        handle = client.submit(pipeline_file, values)
+        if not wait:
+            if as_json:
+                console.print_json(json.dumps({"run_id": handle.id}))
+            else:
+                console.print(handle.id, highlight=False)
+            return
+        if as_json:
+            status = handle.wait(timeout)
+            click.echo(status.to_json())
+        else:
+            status = follow(handle.status, console, timeout=timeout)
+            if not RunState(status.status).terminal:
+                raise RunTimeout(f"run {handle.id} still {status.status} after {timeout}s")
+        sys.exit(exit_code_for(status.status))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh until the run ends.")
+@redis_option
+def status(run_id: str, as_json: bool, watch: bool, redis_url: str | None) -> None:
+    """Show a run: its state, and per node the state and task counts."""
+    with _errors():
+        handle = _client(redis_url).get(run_id)
+        current: RunStatus
+        if watch and not as_json:
+            current = follow(handle.status, console)
+        else:
+            current = handle.status()
+            if as_json:
+                click.echo(current.to_json())
+            else:
+                console.print(render_status(current))
+        sys.exit(exit_code_for(current.status) if RunState(current.status).terminal else 0)
+
+
+@main.command()
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def runs(limit: int, as_json: bool, redis_url: str | None) -> None:
+    """List recent runs, newest first."""
+    with _errors():
+        items = _client(redis_url).runs(limit)
+        if as_json:
+            click.echo(json.dumps([json.loads(s.model_dump_json(exclude={"nodes"}))
+                                   for s in items], indent=2))
+            return
+        for s in items:
+            took = f"{s.duration:.1f}s" if s.duration is not None else "-"
+            console.print(f"{s.run_id}  {s.pipeline:<20} {s.status:<16} {took:>8}  "
+                          f"tasks {s.tasks_done}/{s.tasks_total}", highlight=False)
+
+
+@main.command()
+@click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--run", "run_id", help="Colour nodes by the states of this run.")
+@redis_option
+def graph(pipeline_file: str | None, run_id: str | None, redis_url: str | None) -> None:
+    """Print a pipeline (or a run's pipeline) as a Mermaid flowchart."""
+    with _errors():
+        if run_id:
+            client = _client(redis_url)
+            pipeline = Pipeline.model_validate_json(client.store.pipeline_json(run_id))
+            st = client.get(run_id).status()
+            states = {s: n.state for s, n in st.nodes.items()}
+            counts = {s: f"{n.completed}/{n.tasks}" for s, n in st.nodes.items()}
+            click.echo(to_mermaid(pipeline, states, counts), nl=False)
+            return
+        if not pipeline_file:
+            raise click.UsageError("give a PIPELINE_FILE or --run RUN_ID")
+        pipeline = Pipeline.model_validate(read_pipeline_file(pipeline_file))
+        click.echo(to_mermaid(pipeline), nl=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def plugins(as_json: bool) -> None:
+    """List registered plugins (from DAGWORKER_PLUGINS and entry points)."""
+    with _errors():
+        from dagworker.settings import Settings
+        from dagworker.worker import load_plugins
+
+        load_plugins(Settings.from_env())
+        rows = [{"name": p.name, "parameters": [
+                    prm.name + ("" if prm.required else "?") for prm in p.parameters],
+                 "module": p.func.__module__, "queue": p.queue,
+                 "rollback": p.rollback_func is not None, "description": p.description}
+                for p in registry.all()]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            console.print(f"[bold]{row['name']}[/bold]({', '.join(row['parameters'])})  "
+                          f"[dim]{row['module']}[/dim]  {row['description']}", highlight=False)
+
+
+@main.command()
+@click.option("--keep-worker", is_flag=True, help="Leave the worker running afterwards.")
+def demo(keep_worker: bool) -> None:
+    """Run the demo pipeline on a local worker (embedded Redis if none answers)."""
+    from dagworker.demo import run_demo
+
+    with _errors():
+        sys.exit(run_demo(console, keep_worker=keep_worker))
+
+

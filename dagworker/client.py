@@ -1,0 +1,123 @@
+"""The Python API: ``Client(redis_url).submit(pipeline, input) -> RunHandle``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dagworker.errors import RunTimeout
+from dagworker.orchestrator import Orchestrator
+from dagworker.pipeline import Pipeline, read_pipeline_file
+from dagworker.plugin import Registry, registry as default_registry
+from dagworker.settings import Settings
+from dagworker.states import NodeState, RunState
+from dagworker.status import RunStatus, read_status
+from dagworker.store import Store
+from dagworker.validation import check_input, validate
+
+PipelineSource = Pipeline | Mapping[str, Any] | str | Path
+
+
+def load_pipeline(source: PipelineSource, registry: Registry | None = None) -> Pipeline:
+    """Load and validate a pipeline from a model, a dict, or a YAML/JSON file path."""
+    raw: Pipeline | Mapping[str, Any]
+    if isinstance(source, str | Path):
+        raw = read_pipeline_file(source)
+    else:
+        raw = source
+    return validate(raw, registry or default_registry)
+
+
+class RunHandle:
+    """A submitted run: poll it, wait for it, read its status."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self.client = client
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    def status(self) -> RunStatus:
+        return read_status(self.client.store, self.id)
+
+    def state(self) -> RunState:
+        return RunState(self.client.store.run(self.id)["status"])
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
+        """Block until the run reaches a terminal state; RunTimeout after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            if self.state().terminal:
+                return self.status()
+            if deadline is not None and time.monotonic() >= deadline:
+                status = self.status()
+                raise RunTimeout(f"run {self.id} still {status.status} after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def outputs(self, node: str) -> list[dict[str, Any]]:
+        """Fields of every artifact a node produced, in task then emission order."""
+        return [a.fields for a in self.client.store.iter_artifacts(self.id, node)]
+
+
+class Client:
+    """Submit and inspect runs. Settings default to the environment (DESIGN §8)."""
+
+    def __init__(
+        self, redis_url: str | None = None, *, settings: Settings | None = None,
+        registry: Registry | None = None, load_plugins: bool = True,
+    ) -> None:
+        base = settings or Settings.from_env()
+        if redis_url is not None:
+            base = Settings(**{**base.__dict__, "redis_url": redis_url})
+        self.settings = base
+        self.registry = registry or default_registry
+        self.store = Store.from_settings(base)
+        self._load_plugins = load_plugins
+        self._orch: Orchestrator | None = None
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        if self._orch is None:
+            # Celery is imported only when the client first publishes.
+            from dagworker.tasks import CeleryPublisher
+            from dagworker.worker import create_app, load_plugins
+
+            if self._load_plugins:
+                load_plugins(self.settings)
+            app = create_app(self.settings)
+            self._orch = Orchestrator(
+                self.store, CeleryPublisher(app, self.settings.default_queue), self.registry
+            )
+        return self._orch
+
+    def validate(self, pipeline: PipelineSource) -> Pipeline:
+        self.orchestrator  # noqa: B018  (loads plugins so validation sees them)
+        return load_pipeline(pipeline, self.registry)
+
+    def submit(
+        self, pipeline: PipelineSource, input: Mapping[str, Any] | None = None
+    ) -> RunHandle:
+        """Validate, then start a run. Nothing is sent when the pipeline or input is invalid."""
+        orch = self.orchestrator
+        validated = load_pipeline(pipeline, self.registry)
+        run_input = check_input(validated, dict(input or {}))
+        json.dumps(run_input)   # the run input must be JSON (raises TypeError naming the value)
+        run_id = orch.start_run(validated, run_input)
+        return RunHandle(self, run_id)
+
+    def get(self, run_id: str) -> RunHandle:
+        self.store.run(run_id)   # raises RunNotFound
+        return RunHandle(self, run_id)
+
+    def runs(self, limit: int = 20) -> list[RunStatus]:
+        return [read_status(self.store, rid, with_nodes=False)
+                for rid in self.store.run_ids(limit=limit)]
+
+    def node_state(self, run_id: str, slug: str) -> NodeState:
+        return NodeState(self.store.nodes(run_id)[slug])

@@ -1,0 +1,89 @@
+"""Every Redis key dagworker uses, in one place.
+
+All keys of one run share the hash tag ``{<run id>}`` so a run lives in one Redis Cluster slot
+and its Lua scripts may touch any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    # -- fleet-wide --------------------------------------------------------------------------
+    @property
+    def runs_active(self) -> str:
+        """Sorted set: run id -> creation time, for runs not yet finished (reconciler scans it)."""
+        return f"{self.prefix}:runs:active"
+
+    @property
+    def runs_all(self) -> str:
+        """Sorted set: run id -> creation time (``dagworker runs``)."""
+        return f"{self.prefix}:runs:all"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker name -> JSON (ready time, pid, plugins), written when a worker is ready."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def reconciler_lock(self) -> str:
+        return f"{self.prefix}:reconciler:lock"
+
+    # -- per run -----------------------------------------------------------------------------
+    def run(self, run_id: str) -> str:
+        """Hash: status, error, timestamps, version (commit fence), counters."""
+        return f"{self.prefix}:run:{{{run_id}}}"
+
+    def pipeline(self, run_id: str) -> str:
+        """String: the validated pipeline JSON, written once at submit."""
+        return f"{self.prefix}:run:{{{run_id}}}:pipeline"
+
+    def lock(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:lock"
+
+    def nodes(self, run_id: str) -> str:
+        """Hash: ``<slug>`` -> node state; ``<slug>:wait`` -> unsettled dependency count."""
+        return f"{self.prefix}:run:{{{run_id}}}:nodes"
+
+    def node(self, run_id: str, slug: str) -> str:
+        """Hash: counters of one node (tasks, done, completed, failed, ...) and timestamps."""
+        return f"{self.prefix}:run:{{{run_id}}}:node:{slug}"
+
+    def task(self, run_id: str, slug: str, index: int) -> str:
+        """Hash: state, attempt, spec (decided inputs), timestamps, worker, error, outputs."""
+        return f"{self.prefix}:run:{{{run_id}}}:task:{slug}:{index}"
+
+    def outputs(self, run_id: str, slug: str, index: int) -> str:
+        """List: the committed artifacts of one task, in emission order."""
+        return f"{self.prefix}:run:{{{run_id}}}:out:{slug}:{index}"
+
+    def staging(self, run_id: str, slug: str, index: int, token: str) -> str:
+        """List: artifacts of one delivery being written; renamed to outputs by the winner."""
+        return f"{self.prefix}:run:{{{run_id}}}:stage:{slug}:{index}:{token}"
+
+    def counts(self, run_id: str, slug: str) -> str:
+        """Hash: task index -> number of artifacts it committed."""
+        return f"{self.prefix}:run:{{{run_id}}}:counts:{slug}"
+
+    def settle(self, run_id: str) -> str:
+        """Set: slugs whose tasks are all done, waiting for the orchestrator to settle them."""
+        return f"{self.prefix}:run:{{{run_id}}}:settle"
+
+    def launching(self, run_id: str) -> str:
+        """Sorted set: slug -> claim time, for nodes claimed whose launch has not finished."""
+        return f"{self.prefix}:run:{{{run_id}}}:launching"
+
+    def outbox(self, run_id: str) -> str:
+        """Sorted set: ``<slug>|<first>|<last>`` batches claimed but not confirmed published."""
+        return f"{self.prefix}:run:{{{run_id}}}:outbox"
+
+    def events(self, run_id: str) -> str:
+        """List: status transitions and notable events, JSON lines, in order."""
+        return f"{self.prefix}:run:{{{run_id}}}:events"
+
+    def run_pattern(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}*"

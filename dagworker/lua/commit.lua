@@ -1,0 +1,32 @@
+-- Apply an orchestrator's decisions only if the run has not changed since it read it.
+-- Closes the stale-orchestrator race: an orchestrator whose lock expired while it computed
+-- finds the version moved on and writes nothing (DESIGN §6 "commits are version-checked").
+--
+-- KEYS[1]   run hash (holds the "version" fence)
+-- KEYS[2..] every other key an op names, by position (all share the run's hash tag)
+-- ARGV[1]   the version the caller read
+-- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value | hdel field |
+--           hincrby field n | sadd member | srem member | zadd score member | zrem member |
+--           rpush value | del
+-- returns   the new version, or -1 when the run changed (nothing written)
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then
+  return -1
+end
+local ops = cjson.decode(ARGV[2])
+for _, op in ipairs(ops) do
+  local key = KEYS[op[1]]
+  local verb = op[2]
+  if verb == 'hset' then redis.call('HSET', key, op[3], op[4])
+  elseif verb == 'hdel' then redis.call('HDEL', key, op[3])
+  elseif verb == 'hincrby' then redis.call('HINCRBY', key, op[3], op[4])
+  elseif verb == 'sadd' then redis.call('SADD', key, op[3])
+  elseif verb == 'srem' then redis.call('SREM', key, op[3])
+  elseif verb == 'zadd' then redis.call('ZADD', key, op[3], op[4])
+  elseif verb == 'zrem' then redis.call('ZREM', key, op[3])
+  elseif verb == 'rpush' then redis.call('RPUSH', key, op[3])
+  elseif verb == 'del' then redis.call('DEL', key)
+  else return redis.error_reply('commit.lua: unknown verb ' .. tostring(verb))
+  end
+end
+return redis.call('HINCRBY', KEYS[1], 'version', 1)

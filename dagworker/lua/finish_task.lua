@@ -1,0 +1,49 @@
+-- Record the outcome of one task attempt, once. The first delivery to finish wins; a duplicate
+-- (the same attempt delivered twice, or redelivered after a crash) changes nothing, so no
+-- artifact is published twice and no counter moves twice. The last task of a launched node puts
+-- the node in the "settle" set for the orchestrator.
+--
+-- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
+-- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
+-- ARGV[1] attempt   ARGV[2] outcome: completed | failed | cancelled   ARGV[3] now
+-- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
+-- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[10..] are them
+-- returns {verdict, settle}; verdict: recorded | duplicate | stale
+local state = redis.call('HGET', KEYS[3], 'state')
+local attempt = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '0')
+if state == 'completed' or state == 'failed' or state == 'cancelled' or state == 'compensated'
+    or tonumber(ARGV[1]) ~= attempt then
+  redis.call('DEL', KEYS[6])
+  if state == 'completed' or state == 'failed' or state == 'cancelled' then
+    return {'duplicate', 0}
+  end
+  return {'stale', 0}
+end
+local outcome = ARGV[2]
+local n_out = tonumber(ARGV[6])
+if outcome == 'completed' then
+  redis.call('DEL', KEYS[4])
+  if ARGV[9] == '1' then
+    if n_out > 0 then redis.call('RENAME', KEYS[6], KEYS[4]) end
+  elseif n_out > 0 then
+    redis.call('RPUSH', KEYS[4], unpack(ARGV, 10, 9 + n_out))
+  end
+  redis.call('HSET', KEYS[5], ARGV[4], n_out)
+else
+  redis.call('DEL', KEYS[6])
+  n_out = 0
+end
+redis.call('HSET', KEYS[3], 'state', outcome, 'finished_at', ARGV[3], 'outputs', n_out)
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[3], 'error', ARGV[7], 'traceback', ARGV[8])
+end
+redis.call('HINCRBY', KEYS[2], outcome, 1)
+local done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
+local settle = 0
+if redis.call('HGET', KEYS[2], 'launched') == '1'
+    and done >= tonumber(redis.call('HGET', KEYS[2], 'tasks')) then
+  redis.call('SADD', KEYS[7], ARGV[5])
+  settle = 1
+end
+return {'recorded', settle}

@@ -1,0 +1,415 @@
+"""The orchestrator (DESIGN §6): starts runs, executes task attempts, settles nodes, launches
+successors and finalises runs.
+
+The protocol, and the race each step closes:
+
+1. A task's outcome is recorded by ``finish_task.lua`` without the run lock: counters commute,
+   and the script's fence (state + attempt) makes a duplicated completion a no-op. The last task
+   of a node puts the node in the run's *settle set*.
+2. ``advance`` takes the per-run lock, reads the run, decides (``settlement.decide``) and commits
+   with ``commit.lua``, which refuses if the run's version moved (a stale orchestrator whose lock
+   expired writes nothing and starts over). Settling a node and claiming its successors happen
+   in that one commit, so a node is claimed once.
+3. A claimed node is *launched* outside the lock: its tasks are planned from immutable inputs,
+   persisted batch by batch (``launch_batch.lua``, fenced by a cursor so a second launcher
+   cannot create a task twice), then published. A crash between persist and publish leaves an
+   outbox entry the reconciler republishes; a crash mid-launch leaves the node in the
+   *launching* set the reconciler resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import time
+import traceback as tb
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dagworker.artifact import Artifact, artifact_id
+from dagworker.context import TaskContext
+from dagworker.errors import DagworkerError, LimitExceeded, RunNotFound
+from dagworker.graph import Graph
+from dagworker.pipeline import FanMode, Node, Pipeline
+from dagworker.plugin import Plugin, Registry
+from dagworker.routing import TaskPlan, iter_plans
+from dagworker.settlement import NodeOutcome, decide
+from dagworker.states import NodeState, RunState
+from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, Store, encode_artifact, now
+
+log = logging.getLogger("dagworker.orchestrator")
+
+ACTIVE = frozenset({RunState.RUNNING.value, RunState.PAUSED.value})
+
+
+class Publisher(Protocol):
+    """Sends task messages; the Celery implementation lives in ``dagworker.tasks``."""
+
+    def publish(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A run's pipeline parsed once per worker process (the stored JSON never changes)."""
+
+    run_id: str
+    pipeline: Pipeline
+    graph: Graph
+    nodes: dict[str, Node]
+    run_input: dict[str, Any]
+
+
+class _RunCache:
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Compiled] = OrderedDict()
+
+    def get(self, store: Store, run_id: str) -> Compiled:
+        item = self._items.get(run_id)
+        if item is None:
+            pipeline = Pipeline.model_validate_json(store.pipeline_json(run_id))
+            run_input = json.loads(store.run(run_id).get("input") or "{}")
+            graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
+            item = Compiled(run_id, pipeline, graph, {n.slug: n for n in pipeline.nodes},
+                            run_input)
+            self._items[run_id] = item
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(run_id)
+        return item
+
+
+def new_run_id() -> str:
+    # Time-ordered and short enough to type: base-36 milliseconds + 6 random hex digits.
+    millis = int(time.time() * 1000)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while millis:
+        millis, rem = divmod(millis, 36)
+        out = digits[rem] + out
+    return f"{out}-{secrets.token_hex(3)}"
+
+
+class Orchestrator:
+    def __init__(self, store: Store, publisher: Publisher, registry: Registry) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.registry = registry
+        self.cache = _RunCache()
+        self.hostname = socket.gethostname()
+
+    def compiled(self, run_id: str) -> Compiled:
+        return self.cache.get(self.store, run_id)
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def start_run(
+        self, pipeline: Pipeline, run_input: Mapping[str, Any], run_id: str | None = None
+    ) -> str:
+        """Persist a validated pipeline as a new run and launch its roots."""
+        run_id = run_id or new_run_id()
+        at = now()
+        record = {
+            "id": run_id, "pipeline": pipeline.name,
+            "pipeline_version": "" if pipeline.version is None else str(pipeline.version),
+            "status": RunState.RUNNING.value, "error": "", "created_at": at, "started_at": at,
+            "finished_at": "", "input": json.dumps(dict(run_input)),
+            "nodes_total": len(pipeline.nodes), "nodes_settled": 0,
+            "tasks_total": 0, "tasks_done": 0,
+        }
+        waits = {n.slug: len(n.depends_on) for n in pipeline.nodes}
+        self.store.create_run(run_id, record, pipeline.to_json(), waits)
+        self.store.add_event(run_id, {"at": at, "status": RunState.RUNNING.value})
+        roots = [n.slug for n in pipeline.nodes if not n.depends_on]
+        ops = [op for slug in roots for op in self._claim_ops(run_id, slug, at)]
+        self.store.commit(run_id, 0, ops)
+        for slug in roots:
+            self.launch(run_id, slug)
+        return run_id
+
+    def _claim_ops(self, run_id: str, slug: str, at: float) -> list[tuple[Any, ...]]:
+        k = self.store.keys
+        return [
+            (k.nodes(run_id), "hset", slug, NodeState.RUNNING.value),
+            (k.node(run_id, slug), "hset", "started_at", at),
+            (k.launching(run_id), "zadd", at, slug),
+        ]
+
+    # -- launching ----------------------------------------------------------------------------
+
+    def launch(self, run_id: str, slug: str) -> None:
+        """Persist and publish a claimed node's tasks; safe to call again (resumes at the cursor)."""
+        c = self.compiled(run_id)
+        node = c.nodes[slug]
+        settings = self.store.settings
+        try:
+            plugin = self.registry.get(node.plugin)
+        except DagworkerError as exc:
+            self._fail_launch(run_id, slug, str(exc))
+            return
+        total = 0
+        batch: list[str] = []
+        first = cursor = self.store.launch_cursor(run_id, slug)
+        try:
+            for index, spec in enumerate(self._specs(c, node)):
+                total = index + 1
+                if total > settings.max_tasks_per_node:
+                    raise LimitExceeded("DAGWORKER_MAX_TASKS_PER_NODE", total,
+                                        settings.max_tasks_per_node)
+                if index < cursor:
+                    continue
+                if not batch:
+                    first = index
+                batch.append(spec)
+                if len(batch) >= settings.launch_batch:
+                    cursor = self._launch_batch(run_id, node, plugin, first, batch)
+                    batch = []
+        except DagworkerError as exc:
+            self._fail_launch(run_id, slug, str(exc))
+            return
+        if batch:
+            self._launch_batch(run_id, node, plugin, first, batch)
+        if self.store.finish_launch(run_id, slug, total):
+            self.advance(run_id)
+
+    def _launch_batch(
+        self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str]
+    ) -> int:
+        """Persist one batch then publish it; returns the cursor after it."""
+        if self.store.launch_batch(run_id, node.slug, first, specs, now()):
+            last = first + len(specs) - 1
+            self.publisher.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
+            self.store.published(run_id, node.slug, first, last)
+            return last + 1
+        # Someone else (a reconciler resuming us, or we resuming them) persisted it.
+        return self.store.launch_cursor(run_id, node.slug)
+
+    def _fail_launch(self, run_id: str, slug: str, error: str) -> None:
+        """A node that cannot be launched (a limit, a binding failing on the data) fails.
+
+        Batches already published still run and are recorded; the node settles as failed once
+        they are done.
+        """
+        log.error("run %s node %s: launch failed: %s", run_id, slug, error)
+        if self.store.fail_launch(run_id, slug, error):
+            self.advance(run_id)
+
+    def _specs(self, c: Compiled, node: Node) -> Iterator[str]:
+        """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
+        if not node.depends_on:
+            yield json.dumps({"root": True})
+            return
+        inputs = {dep: self._inputs_of(c, dep) for dep in node.depends_on}
+        for plan in iter_plans(node, inputs):
+            yield json.dumps(self._spec(node, plan), separators=(",", ":"))
+
+    def _spec(self, node: Node, plan: TaskPlan) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "o": plan.origin,
+            "in": {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts},
+        }
+        if node.fan_mode is FanMode.AGGREGATE:
+            spec["agg"] = True
+        return spec
+
+    def _inputs_of(self, c: Compiled, dep: str) -> list[Artifact]:
+        """A dependency's artifacts; a filtered passthrough node is looked through (§4.5)."""
+        dep_node = c.nodes[dep]
+        state = self.store.r.hget(self.store.keys.nodes(c.run_id), dep)
+        if dep_node.passthrough and state == NodeState.FILTERED.value:
+            out: list[Artifact] = []
+            for upstream in dep_node.depends_on:
+                out.extend(self._inputs_of(c, upstream))
+            return out
+        if state != NodeState.COMPLETED.value:
+            return []
+        return list(self.store.iter_artifacts(c.run_id, dep))
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def advance(self, run_id: str) -> None:
+        """Settle the nodes waiting in the settle set; claim and launch what became ready."""
+        store = self.store
+        if not store.r.scard(store.keys.settle(run_id)):
+            return
+        c = self.compiled(run_id)
+        while True:
+            with store.lock(run_id):
+                pending = store.settle_pending(run_id)
+                if not pending:
+                    return
+                run = store.run(run_id)
+                version = int(run.get("version") or 0)
+                ops, decision = self._decide(c, run, pending)
+                if store.commit(run_id, version, ops) >= 0:
+                    break
+            log.info("run %s: state moved while deciding; deciding again", run_id)
+        if decision.run_state is not None:
+            log.info("run %s %s", run_id, decision.run_state.value)
+        for slug in decision.claimed:
+            self.launch(run_id, slug)
+
+    def _decide(
+        self, c: Compiled, run: Mapping[str, str], pending: set[str]
+    ) -> tuple[list[tuple[Any, ...]], Any]:
+        store, k = self.store, self.store.keys
+        raw = store.nodes(c.run_id)
+        states = {s: NodeState(raw[s]) for s in c.nodes}
+        waits = {s: int(raw.get(f"{s}:wait", 0)) for s in c.nodes}
+        counters = store.node_counters(c.run_id, sorted(pending))
+        outcomes = {
+            s: NodeOutcome(int(v.get("tasks", 0)), int(v.get("completed", 0)),
+                           int(v.get("failed", 0)) + int(v.get("launch_failed", 0)),
+                           int(v.get("cancelled", 0)))
+            for s, v in counters.items()
+        }
+        errors = {s: v.get("error", "") for s, v in counters.items()}
+        for s in outcomes:
+            if outcomes[s].failed and not errors[s]:
+                errors[s] = self._first_error(c.run_id, s, outcomes[s].tasks)
+        decision = decide(
+            c.graph, {s: n.on_failure for s, n in c.nodes.items()}, states, waits, outcomes,
+            RunState(run["status"]), int(run.get("nodes_settled") or 0),
+            run.get("any_failed") == "1", errors,
+        )
+        at = now()
+        ops: list[tuple[Any, ...]] = [(k.settle(c.run_id), "srem", s) for s in pending]
+        for slug, state in decision.states.items():
+            ops.append((k.nodes(c.run_id), "hset", slug, state.value))
+            if state is NodeState.RUNNING:
+                ops += self._claim_ops(c.run_id, slug, at)[1:]
+            else:
+                ops.append((k.node(c.run_id, slug), "hset", "finished_at", at))
+            if state is NodeState.FAILED:
+                ops.append((k.run(c.run_id), "hset", "any_failed", "1"))
+        for slug, wait in decision.waits.items():
+            ops.append((k.nodes(c.run_id), "hset", f"{slug}:wait", wait))
+        if decision.settled:
+            ops.append((k.run(c.run_id), "hincrby", "nodes_settled", decision.settled))
+        if decision.run_state is not None:
+            ops += [
+                (k.run(c.run_id), "hset", "status", decision.run_state.value),
+                (k.run(c.run_id), "hset", "finished_at", at),
+                (k.run(c.run_id), "hset", "error", decision.error or ""),
+                (k.runs_active, "zrem", c.run_id),
+                (k.events(c.run_id), "rpush", json.dumps(
+                    {"at": at, "status": decision.run_state.value, "error": decision.error})),
+            ]
+        return ops, decision
+
+    def _first_error(self, run_id: str, slug: str, tasks: int) -> str:
+        for index in range(min(tasks, 50)):
+            error = self.store.r.hget(self.store.keys.task(run_id, slug, index), "error")
+            if error:
+                return f"task {index}: {error}"
+        return ""
+
+    # -- executing ----------------------------------------------------------------------------
+
+    def execute(self, run_id: str, slug: str, index: int, attempt: int) -> str:
+        """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
+        store = self.store
+        try:
+            begin = store.begin_task(run_id, slug, index, attempt, self.hostname)
+        except RunNotFound:
+            return "missing"
+        if begin.verdict == "finished":
+            # Redelivered after its outcome was recorded: only make sure orchestration ran.
+            self.advance(run_id)
+            return "duplicate"
+        if begin.verdict in ("stale", "missing"):
+            return begin.verdict
+        if begin.verdict == "inactive":
+            finish = store.finish_task(run_id, slug, index, attempt, "cancelled",
+                                       error=f"run is {begin.state}")
+            self._after(run_id, finish.settle)
+            return "cancelled"
+        c = self.compiled(run_id)
+        node = c.nodes[slug]
+        staged: str | None = None
+        try:
+            plugin = self.registry.get(node.plugin)
+            ctx = self._context(c, node, index, attempt, begin.spec)
+            kwargs = {**node.config}
+            encoded, staged, count = self._run_plugin(c, node, plugin, ctx, kwargs, begin.spec)
+        except Exception as exc:  # a failing plugin fails its task, never the worker
+            if staged:
+                store.r.delete(staged)
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("run %s node %s task %s attempt %s failed: %s",
+                        run_id, slug, index, attempt, error)
+            finish = store.finish_task(run_id, slug, index, attempt, "failed",
+                                       error=error, traceback=tb.format_exc(limit=20))
+            self._after(run_id, finish.settle)
+            return "failed"
+        finish = store.finish_task(
+            run_id, slug, index, attempt, "completed", encoded_outputs=encoded,
+            staged_key=staged, staged_count=count,
+        )
+        self._after(run_id, finish.settle or finish.verdict == "duplicate")
+        return "completed" if finish.verdict == "recorded" else finish.verdict
+
+    def _after(self, run_id: str, settle: bool) -> None:
+        if settle:
+            self.advance(run_id)
+
+    def _context(
+        self, c: Compiled, node: Node, index: int, attempt: int, spec: Mapping[str, Any]
+    ) -> TaskContext:
+        ids = [aid for dep in node.depends_on for aid in spec.get("in", {}).get(dep, [])]
+        fetched = {a.id: a for a in self.store.fetch_artifacts(c.run_id, ids)} if ids else {}
+        inputs = {
+            dep: [fetched[aid].fields for aid in spec.get("in", {}).get(dep, [])]
+            for dep in node.depends_on
+        }
+        artifacts = [fetched[aid].fields for aid in ids]
+        single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1
+        return TaskContext(
+            run_id=c.run_id, pipeline=c.pipeline.name, node=node.slug, task_index=index,
+            attempt=attempt, origin=spec.get("o"), artifact=artifacts[0] if single else None,
+            artifacts=artifacts, inputs=inputs, config=dict(node.config), input=c.run_input,
+            logger=logging.getLogger(f"dagworker.plugin.{node.plugin}"),
+        )
+
+    def _run_plugin(
+        self, c: Compiled, node: Node, plugin: Plugin, ctx: TaskContext,
+        kwargs: Mapping[str, Any], spec: Mapping[str, Any],
+    ) -> tuple[list[str], str | None, int]:
+        """Stream the plugin's outputs: inline when few, else staged in chunks in Redis."""
+        settings = self.store.settings
+        root = bool(spec.get("root"))
+        origin = None if spec.get("agg") else spec.get("o")
+        encoded: list[str] = []
+        staged: str | None = None
+        count = 0
+        for k, fields in enumerate(plugin.iter_outputs(ctx, kwargs)):
+            count = k + 1
+            if count > settings.max_artifacts_per_task:
+                raise LimitExceeded("DAGWORKER_MAX_ARTIFACTS_PER_TASK", count,
+                                    settings.max_artifacts_per_task)
+            own = artifact_id(node.slug, ctx.task_index, k) if root else origin
+            item = encode_artifact(own, fields)
+            if len(item) > settings.max_artifact_bytes:
+                raise LimitExceeded("DAGWORKER_MAX_ARTIFACT_BYTES", len(item),
+                                    settings.max_artifact_bytes)
+            encoded.append(item)
+            if count > INLINE_OUTPUTS and len(encoded) >= STAGE_CHUNK:
+                # Many outputs (a streamed fan-out): hold them in Redis, not in worker memory.
+                staged = staged or self._staging_key(c.run_id, node.slug, ctx.task_index)
+                self.store.stage_outputs(staged, encoded)
+                encoded = []
+        if count > INLINE_OUTPUTS:
+            staged = staged or self._staging_key(c.run_id, node.slug, ctx.task_index)
+            self.store.stage_outputs(staged, encoded)
+            return [], staged, count
+        return encoded, None, count
+
+    def _staging_key(self, run_id: str, slug: str, index: int) -> str:
+        return self.store.keys.staging(run_id, slug, index, secrets.token_hex(6))

@@ -1,0 +1,70 @@
+"""Live progress of a run in the terminal (``dagworker run --wait``, ``status --watch``)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from dagworker.states import RunState
+from dagworker.status import RunStatus
+
+STATE_COLOURS = {
+    "pending": "grey50", "running": "cyan", "completed": "green", "failed": "red",
+    "filtered": "yellow", "skipped": "grey42", "cancelled": "magenta", "rolled_back": "orange3",
+    "paused": "yellow", "rolling_back": "orange3", "rollback_failed": "red",
+}
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+def render_status(status: RunStatus) -> Group:
+    colour = STATE_COLOURS.get(status.status, "white")
+    elapsed = (status.finished_at or time.time()) - status.created_at
+    head = Text.assemble(
+        ("run ", "bold"), (status.run_id, "bold"), "  ", (status.pipeline, "italic"),
+        f" v{status.pipeline_version}" if status.pipeline_version else "", "  ",
+        (status.status, f"bold {colour}"), f"  {elapsed:.1f}s",
+        f"  tasks {status.tasks_done}/{status.tasks_total}",
+    )
+    total = max(status.tasks_total, 1)
+    bar = ProgressBar(total=total, completed=status.tasks_done, width=60)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("node", "state", "tasks", "done", "failed", "started", "finished"):
+        table.add_column(col, justify="right" if col in ("tasks", "done", "failed") else "left")
+    for slug, node in status.nodes.items():
+        table.add_row(
+            slug, Text(node.state, style=STATE_COLOURS.get(node.state, "white")),
+            str(node.tasks), str(node.completed), str(node.failed or ""),
+            _when(node.started_at), _when(node.finished_at),
+        )
+    parts: list[Text | Table | ProgressBar] = [head, bar, table]
+    if status.error:
+        parts.append(Text(f"error: {status.error}", style="red"))
+    return Group(*parts)
+
+
+def follow(read: object, console: Console, interval: float = 0.2,
+           timeout: float | None = None) -> RunStatus:
+    """Redraw ``read()`` (a callable returning RunStatus) until the run is terminal."""
+    assert callable(read)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status: RunStatus = read()
+    with Live(render_status(status), console=console, refresh_per_second=10,
+              transient=False) as live:
+        while not RunState(status.status).terminal:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+            status = read()
+            live.update(render_status(status))
+    return status

@@ -1,0 +1,292 @@
+"""Run state in Redis: the only module (with ``lock``) that talks to Redis.
+
+Every atomic step is a named Lua script in ``dagworker/lua``; this module wraps them with typed
+methods and does the plain reads. It knows nothing about Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from dagworker.artifact import Artifact, artifact_id
+from dagworker.errors import RunNotFound, StoreError
+from dagworker.keys import Keys
+from dagworker.lock import RunLock
+from dagworker.settings import Settings
+
+#: Outputs up to this many go to the completion script inline; more are staged in chunks.
+INLINE_OUTPUTS = 200
+STAGE_CHUNK = 1_000
+STAGING_TTL_S = 86_400
+READ_CHUNK = 5_000
+
+
+def now() -> float:
+    return round(time.time(), 6)
+
+
+@cache
+def _lua(name: str) -> str:
+    return resources.files("dagworker").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+def encode_artifact(origin: str | None, fields: Mapping[str, Any]) -> str:
+    return json.dumps({"o": origin, "f": fields}, separators=(",", ":"))
+
+
+def decode_artifact(node: str, task: int, k: int, raw: str | bytes) -> Artifact:
+    data = json.loads(raw)
+    return Artifact(artifact_id(node, task, k), node, data["o"], data["f"])
+
+
+@dataclass(frozen=True)
+class TaskBegin:
+    verdict: str                 # run | finished | stale | inactive | missing
+    spec: dict[str, Any]
+    state: str
+
+
+@dataclass(frozen=True)
+class TaskFinish:
+    verdict: str                 # recorded | duplicate | stale
+    settle: bool
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``redis://`` or ``rediss://`` URLs (password and TLS options in the URL)."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class Store:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.r = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._scripts = {
+            name: client.register_script(_lua(name))
+            for name in ("commit", "launch_batch", "finish_launch", "begin_task", "finish_task")
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(connect(settings.redis_url), settings)
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def create_run(
+        self, run_id: str, record: Mapping[str, Any], pipeline_json: str,
+        waits: Mapping[str, int],
+    ) -> None:
+        """Write a new run with all nodes pending; refuses to overwrite an existing run id."""
+        k = self.keys
+        if not self.r.hsetnx(k.run(run_id), "id", run_id):
+            raise StoreError(f"run {run_id!r} already exists")
+        nodes: dict[str, Any] = {}
+        for slug, wait in waits.items():
+            nodes[slug] = "pending"
+            nodes[f"{slug}:wait"] = wait
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(k.run(run_id), mapping={**record, "version": 0})
+        pipe.set(k.pipeline(run_id), pipeline_json)
+        pipe.hset(k.nodes(run_id), mapping=nodes)
+        pipe.zadd(k.runs_active, {run_id: record["created_at"]})
+        pipe.zadd(k.runs_all, {run_id: record["created_at"]})
+        pipe.rpush(k.events(run_id), json.dumps({"at": record["created_at"], "status": "pending"}))
+        pipe.execute()
+
+    def run(self, run_id: str) -> dict[str, str]:
+        data: dict[str, str] = self.r.hgetall(self.keys.run(run_id))
+        if not data:
+            raise RunNotFound(run_id)
+        return data
+
+    def pipeline_json(self, run_id: str) -> str:
+        text: str | None = self.r.get(self.keys.pipeline(run_id))
+        if text is None:
+            raise RunNotFound(run_id)
+        return text
+
+    def nodes(self, run_id: str) -> dict[str, str]:
+        data: dict[str, str] = self.r.hgetall(self.keys.nodes(run_id))
+        return data
+
+    def node_counters(self, run_id: str, slugs: Iterable[str]) -> dict[str, dict[str, str]]:
+        slugs = list(slugs)
+        pipe = self.r.pipeline(transaction=False)
+        for slug in slugs:
+            pipe.hgetall(self.keys.node(run_id, slug))
+        return dict(zip(slugs, pipe.execute(), strict=True))
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.r.lrange(self.keys.events(run_id), 0, -1)]
+
+    def run_ids(self, active_only: bool = False, limit: int = 50) -> list[str]:
+        key = self.keys.runs_active if active_only else self.keys.runs_all
+        ids: list[str] = self.r.zrevrange(key, 0, limit - 1)
+        return ids
+
+    def settle_pending(self, run_id: str) -> set[str]:
+        members: set[str] = self.r.smembers(self.keys.settle(run_id))
+        return members
+
+    def lock(self, run_id: str) -> RunLock:
+        return RunLock(self.r, self.keys.lock(run_id), self.settings.lock_timeout)
+
+    def commit(self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]]) -> int:
+        """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale."""
+        keys = [self.keys.run(run_id)]
+        positions: dict[str, int] = {keys[0]: 1}
+        encoded = []
+        for key, verb, *args in ops:
+            if key not in positions:
+                keys.append(key)
+                positions[key] = len(keys)
+            encoded.append([positions[key], verb, *args])
+        result = self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded)])
+        return int(result)
+
+    # -- launching ------------------------------------------------------------------------------
+
+    def launch_batch(
+        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float
+    ) -> bool:
+        k = self.keys
+        member = f"{slug}|{first}|{first + len(specs) - 1}"
+        task_keys = [k.task(run_id, slug, first + i) for i in range(len(specs))]
+        applied = self._scripts["launch_batch"](
+            keys=[k.node(run_id, slug), k.outbox(run_id), k.run(run_id), k.launching(run_id),
+                  *task_keys],
+            args=[first, at, member, slug, *specs],
+        )
+        return bool(applied)
+
+    def published(self, run_id: str, slug: str, first: int, last: int) -> None:
+        self.r.zrem(self.keys.outbox(run_id), f"{slug}|{first}|{last}")
+
+    def finish_launch(self, run_id: str, slug: str, total: int) -> bool:
+        k = self.keys
+        ready = self._scripts["finish_launch"](
+            keys=[k.node(run_id, slug), k.settle(run_id)], args=[slug, total]
+        )
+        self.r.zrem(k.launching(run_id), slug)
+        return bool(ready)
+
+    def fail_launch(self, run_id: str, slug: str, error: str) -> bool:
+        """Close a launch that cannot go on; the node will settle as failed. True if ready."""
+        self.r.hset(self.keys.node(run_id, slug), mapping={"error": error, "launch_failed": 1})
+        return self.finish_launch(run_id, slug, self.launch_cursor(run_id, slug))
+
+    def launch_cursor(self, run_id: str, slug: str) -> int:
+        return int(self.r.hget(self.keys.node(run_id, slug), "tasks") or 0)
+
+    def stale_outbox(self, run_id: str, older_than: float) -> list[tuple[str, int, int]]:
+        out = []
+        for member in self.r.zrangebyscore(self.keys.outbox(run_id), "-inf", older_than):
+            slug, first, last = member.rsplit("|", 2)
+            out.append((slug, int(first), int(last)))
+        return out
+
+    def stale_launches(self, run_id: str, older_than: float) -> list[str]:
+        slugs: list[str] = self.r.zrangebyscore(self.keys.launching(run_id), "-inf", older_than)
+        return slugs
+
+    def tasks_state(self, run_id: str, slug: str, first: int, last: int) -> list[tuple[str, int]]:
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(first, last + 1):
+            pipe.hmget(self.keys.task(run_id, slug, i), "state", "attempt")
+        return [(s or "", int(a or 0)) for s, a in pipe.execute()]
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def begin_task(self, run_id: str, slug: str, index: int, attempt: int, worker: str) -> TaskBegin:
+        k = self.keys
+        verdict, spec, state = self._scripts["begin_task"](
+            keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
+        )
+        return TaskBegin(verdict, json.loads(spec) if spec else {}, state)
+
+    def stage_outputs(self, key: str, encoded: Sequence[str]) -> None:
+        """Append outputs of a delivery in progress; they expire if the worker dies."""
+        pipe = self.r.pipeline(transaction=False)
+        if encoded:
+            pipe.rpush(key, *encoded)
+        pipe.expire(key, STAGING_TTL_S)
+        pipe.execute()
+
+    def finish_task(
+        self, run_id: str, slug: str, index: int, attempt: int, outcome: str, *,
+        encoded_outputs: Sequence[str] = (), staged_key: str | None = None, staged_count: int = 0,
+        error: str = "", traceback: str = "",
+    ) -> TaskFinish:
+        k = self.keys
+        staging = staged_key or k.staging(run_id, slug, index, "none")
+        n_out = staged_count if staged_key else len(encoded_outputs)
+        verdict, settle = self._scripts["finish_task"](
+            keys=[k.run(run_id), k.node(run_id, slug), k.task(run_id, slug, index),
+                  k.outputs(run_id, slug, index), k.counts(run_id, slug), staging,
+                  k.settle(run_id)],
+            args=[attempt, outcome, now(), index, slug, n_out, error, traceback,
+                  "1" if staged_key else "0", *([] if staged_key else encoded_outputs)],
+        )
+        return TaskFinish(verdict, bool(settle))
+
+    def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
+        data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))
+        return data
+
+    # -- artifacts ------------------------------------------------------------------------------
+
+    def iter_artifacts(self, run_id: str, slug: str) -> Iterator[Artifact]:
+        """Every committed artifact of a node: task order, then emission order."""
+        counts = self.r.hgetall(self.keys.counts(run_id, slug))
+        for index in sorted(int(i) for i in counts):
+            n = int(counts[str(index)])
+            key = self.keys.outputs(run_id, slug, index)
+            for start in range(0, n, READ_CHUNK):
+                raw = self.r.lrange(key, start, min(n, start + READ_CHUNK) - 1)
+                for offset, item in enumerate(raw):
+                    yield decode_artifact(slug, index, start + offset, item)
+
+    def fetch_artifacts(self, run_id: str, ids: Sequence[str]) -> list[Artifact]:
+        """Artifacts by id, in the order given; one round trip per 5,000 distinct tasks."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        parsed = []
+        for aid in ids:
+            node, task, k = aid.rsplit(":", 2)
+            parsed.append((node, int(task), int(k)))
+            groups.setdefault((node, int(task)), []).append(int(k))
+        pipe = self.r.pipeline(transaction=False)
+        order = list(groups)
+        for node, task in order:
+            wanted = groups[(node, task)]
+            if len(wanted) == 1:
+                pipe.lindex(self.keys.outputs(run_id, node, task), wanted[0])
+            else:
+                pipe.lrange(self.keys.outputs(run_id, node, task), min(wanted), max(wanted))
+        found: dict[tuple[str, int, int], Artifact] = {}
+        for (node, task), raw in zip(order, pipe.execute(), strict=True):
+            wanted = groups[(node, task)]
+            if len(wanted) == 1:
+                items = {wanted[0]: raw}
+            else:
+                items = {min(wanted) + i: v for i, v in enumerate(raw)}
+            for k, value in items.items():
+                if value is None:
+                    raise StoreError(f"artifact {node}:{task}:{k} of run {run_id!r} is missing")
+                found[(node, task, k)] = decode_artifact(node, task, k, value)
+        return [found[p] for p in parsed]
+
+    def task_outputs(self, run_id: str, slug: str, index: int) -> list[Artifact]:
+        raw = self.r.lrange(self.keys.outputs(run_id, slug, index), 0, -1)
+        return [decode_artifact(slug, index, k, v) for k, v in enumerate(raw)]
+
+    def add_event(self, run_id: str, event: Mapping[str, Any]) -> None:
+        self.r.rpush(self.keys.events(run_id), json.dumps(event))

@@ -1,0 +1,73 @@
+"""Celery tasks: one per plugin, named ``dagworker.plugin.<name>`` so Flower shows what ran.
+
+A message carries only ``run``, ``node``, ``task`` and ``attempt`` (never the graph or the data);
+its id is deterministic (``<run>:<node>:<task>:<attempt>``), so a republished message is
+recognisably the same attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from dagworker.pipeline import Node
+from dagworker.plugin import Plugin
+
+log = logging.getLogger("dagworker.tasks")
+
+PLUGIN_TASK_PREFIX = "dagworker.plugin."
+#: The soft limit fires this much before the hard one so the attempt can be recorded as a
+#: timeout instead of the process being killed.
+SOFT_LIMIT_MARGIN = 0.95
+
+
+def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
+    return f"{run_id}:{node}:{index}:{attempt}"
+
+
+def task_name(plugin_name: str) -> str:
+    return PLUGIN_TASK_PREFIX + plugin_name
+
+
+class CeleryPublisher:
+    """Publishes task messages through a Celery app, one producer connection per batch."""
+
+    def __init__(self, app: Celery, default_queue: str) -> None:
+        self.app = app
+        self.default_queue = default_queue
+
+    def publish(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None:
+        queue = node.queue or plugin.queue or self.default_queue
+        timeout = node.timeout_s or plugin.timeout_s
+        limits: dict[str, Any] = {}
+        if timeout:
+            limits = {"time_limit": timeout, "soft_time_limit": timeout * SOFT_LIMIT_MARGIN}
+        with self.app.producer_or_acquire() as producer:
+            for index, attempt in tasks:
+                self.app.send_task(
+                    task_name(plugin.name),
+                    kwargs={"run": run_id, "node": node.slug, "task": index, "attempt": attempt},
+                    task_id=task_id(run_id, node.slug, index, attempt),
+                    queue=queue, producer=producer, ignore_result=True, **limits,
+                )
+
+
+def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
+    """Register the Celery task that runs ``plugin``; idempotent per app."""
+    name = task_name(plugin.name)
+    if name in app.tasks:
+        return app.tasks[name]
+
+    def run_plugin(run: str, node: str, task: int, attempt: int) -> str:
+        from dagworker.worker import orchestrator   # the worker's own, built once per process
+
+        return orchestrator().execute(run, node, int(task), int(attempt))
+
+    run_plugin.__name__ = run_plugin.__qualname__ = f"plugin_{plugin.name}"
+    run_plugin.__doc__ = plugin.description or f"Runs plugin {plugin.name!r}."
+    registered: Task = app.task(name=name, ignore_result=True, acks_late=True)(run_plugin)
+    return registered

@@ -1,0 +1,193 @@
+"""Shared fixtures: a real Redis and real Celery worker subprocesses.
+
+Isolation: every test session uses its own key prefix (which also prefixes kombu's queues), so a
+developer's own runs or another session on the same Redis are never touched. Everything this
+file starts is stopped by pid, and the session's keys are deleted at the end.
+
+Redis: ``DAGWORKER_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0). When none answers, the
+integration tests skip locally and fail in CI (``CI`` set), so a missing Redis never passes
+silently in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from dagworker import Client, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("DAGWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_PLUGINS = "tests.integration.plugins"
+
+
+def _redis_or_skip(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs Redis at {url}: {exc}")
+        pytest.skip(f"no Redis at {url} ({exc}); set DAGWORKER_TEST_REDIS_URL")
+    return client
+
+
+@dataclass
+class WorkerProcess:
+    """One ``celery -A dagworker worker`` subprocess in its own process group."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    store: redis.Redis
+    workers_key: str
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.store.hexists(self.workers_key, self.name):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"worker {self.name} not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (its process group): nothing gets to clean up."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@dataclass
+class Deployment:
+    """A key prefix (= an isolated dagworker deployment) on the test Redis, with its workers."""
+
+    settings: Settings
+    tmp: Path
+    redis: redis.Redis
+    workers: list[WorkerProcess] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.key_prefix
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWORKER_")}
+        env.update({
+            "DAGWORKER_REDIS_URL": self.settings.redis_url,
+            "DAGWORKER_KEY_PREFIX": self.prefix,
+            "DAGWORKER_PLUGINS": TEST_PLUGINS,
+            "DAGWORKER_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
+            "DAGWORKER_RECONCILE_INTERVAL": str(self.settings.reconcile_interval),
+            "DAGWORKER_PUBLISH_GRACE": str(self.settings.publish_grace),
+            "DAGWORKER_LOCK_TIMEOUT": str(self.settings.lock_timeout),
+            "PYTHONPATH": str(ROOT),
+        })
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def start_worker(self, queues: str | None = None, wait: bool = True,
+                     **env_overrides: str) -> WorkerProcess:
+        name = f"w{len(self.workers) + 1}-{secrets.token_hex(2)}@{self.prefix}"
+        log_path = self.tmp / f"{name}.log"
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "dagworker", "worker", "--pool=solo",
+            "-n", name, "--without-mingle", "--without-gossip", "--loglevel=INFO",
+            "-Q", queues or self.settings.default_queue,
+        ]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(**env_overrides), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        worker = WorkerProcess(name, proc, log_path, self.redis, f"{self.prefix}:workers")
+        self.workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    def client(self, **changes: Any) -> Client:
+        return Client(settings=replace(self.settings, **changes))
+
+    def calls(self, run_id: str) -> list[dict[str, Any]]:
+        """What the test plugins recorded (each call: node, task, attempt, worker pid)."""
+        return [json.loads(x) for x in self.redis.lrange(f"{self.prefix}:test:calls:{run_id}",
+                                                          0, -1)]
+
+    def queue_length(self, queue: str | None = None) -> int:
+        return int(self.redis.llen(f"{self.prefix}:kombu:{queue or self.settings.default_queue}"))
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        cursor = 0
+        while True:
+            cursor, keys = self.redis.scan(cursor, match=f"{self.prefix}:*", count=1000)
+            if keys:
+                self.redis.delete(*keys)
+            if cursor == 0:
+                break
+
+
+def make_deployment(tmp: Path, **settings: Any) -> Deployment:
+    client = _redis_or_skip(REDIS_URL)
+    os.environ["DAGWORKER_PLUGINS"] = TEST_PLUGINS
+    prefix = f"dwtest-{secrets.token_hex(3)}"
+    base = dict(redis_url=REDIS_URL, key_prefix=prefix, reconcile_interval=2.0,
+                publish_grace=3.0, lock_timeout=5.0, visibility_timeout=3600.0)
+    base.update(settings)
+    return Deployment(Settings(**base), tmp, client)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Two solo workers shared by the integration tests that do not kill workers."""
+    deployment = make_deployment(tmp_path_factory.mktemp("fleet"))
+    try:
+        deployment.start_worker(wait=False)
+        deployment.start_worker(wait=False)
+        for worker in deployment.workers:
+            worker.wait_ready()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.fixture
+def isolated(tmp_path: Path) -> Iterator[Deployment]:
+    """A fresh deployment with no workers: for tests that start, kill or time workers."""
+    deployment = make_deployment(tmp_path)
+    try:
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.fixture
+def client(fleet: Deployment) -> Client:
+    return fleet.client()

@@ -1,0 +1,108 @@
+"""Plugins used by the integration tests; workers import them via DAGWORKER_PLUGINS.
+
+Each records its call in Redis (``<prefix>:test:calls:<run>``) so tests can assert exactly which
+tasks ran, how often and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from dagworker import TaskContext, plugin
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["DAGWORKER_REDIS_URL"], decode_responses=True)
+    return _client
+
+
+def note(ctx: TaskContext, **extra: Any) -> None:
+    prefix = os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker")
+    entry = {"node": ctx.node, "task": ctx.task_index, "attempt": ctx.attempt,
+             "pid": os.getpid(), "at": time.time(), **extra}
+    _redis().rpush(f"{prefix}:test:calls:{ctx.run_id}", json.dumps(entry))
+
+
+@plugin("t_emit")
+def t_emit(ctx: TaskContext, n: int = 1, field: str = "i") -> Iterator[dict[str, Any]]:
+    """Emit n artifacts {field: k}; streamed."""
+    note(ctx)
+    for k in range(n):
+        yield {field: k}
+
+
+@plugin("t_echo_input")
+def t_echo_input(ctx: TaskContext) -> dict[str, Any]:
+    note(ctx)
+    return {"input": ctx.input, "origin": ctx.origin}
+
+
+@plugin("t_append")
+def t_append(ctx: TaskContext, step: str = "") -> dict[str, Any]:
+    """Chain link: append this node to the path carried by the input artifact."""
+    note(ctx)
+    path = list((ctx.artifact or {}).get("path", []))
+    return {"path": [*path, step or ctx.node], "origin_seen": ctx.origin}
+
+
+@plugin("t_double")
+def t_double(ctx: TaskContext) -> dict[str, Any]:
+    note(ctx)
+    value = (ctx.artifact or {}).get("i", 0)
+    return {"i": value, "double": value * 2}
+
+
+@plugin("t_sum")
+def t_sum(ctx: TaskContext, key: str = "double") -> dict[str, Any]:
+    note(ctx, inputs={dep: len(arts) for dep, arts in ctx.inputs.items()})
+    return {"count": len(ctx.artifacts), "sum": sum(a.get(key, 0) for a in ctx.artifacts),
+            "per_dep": {dep: len(arts) for dep, arts in ctx.inputs.items()}}
+
+
+@plugin("t_join")
+def t_join(ctx: TaskContext) -> dict[str, Any]:
+    note(ctx)
+    return {"seen": sorted(n for arts in ctx.inputs.values() for a in arts
+                           for n in a.get("path", []))}
+
+
+@plugin("t_fail")
+def t_fail(ctx: TaskContext, message: str = "boom") -> dict[str, Any]:
+    note(ctx)
+    raise RuntimeError(message)
+
+
+@plugin("t_sleep")
+def t_sleep(ctx: TaskContext, seconds: float = 0.5) -> dict[str, Any]:
+    note(ctx, phase="start")
+    time.sleep(seconds)
+    note(ctx, phase="end")
+    return {"slept": seconds}
+
+
+@plugin("t_bad_output")
+def t_bad_output(ctx: TaskContext) -> Any:
+    note(ctx)
+    return {"when": object()}
+
+
+@plugin("t_async")
+async def t_async(ctx: TaskContext, value: int = 1) -> dict[str, Any]:
+    note(ctx)
+    return {"value": value}
+
+
+@plugin("t_required")
+def t_required(ctx: TaskContext, needed: str) -> dict[str, Any]:
+    note(ctx)
+    return {"needed": needed}
