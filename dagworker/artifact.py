@@ -38,8 +38,12 @@ class Artifact:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Artifact:
-        return cls(id=data["id"], node=data["node"], origin=data.get("origin"),
-                   fields=data.get("fields") or {})
+        return cls(
+            id=data["id"],
+            node=data["node"],
+            origin=data.get("origin"),
+            fields=data.get("fields") or {},
+        )
 
 
 def artifact_id(node: str, task_index: int, emission_index: int) -> str:

@@ -89,8 +89,12 @@ def parse_inputs(pairs: tuple[str, ...], input_file: str | None) -> dict[str, An
     return values
 
 
-redis_option = click.option("--redis-url", envvar="DAGWORKER_REDIS_URL", default=None,
-                            help="Redis URL (default: $DAGWORKER_REDIS_URL or local).")
+redis_option = click.option(
+    "--redis-url",
+    envvar="DAGWORKER_REDIS_URL",
+    default=None,
+    help="Redis URL (default: $DAGWORKER_REDIS_URL or local).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,22 +110,39 @@ def validate(pipeline_file: str) -> None:
     with _errors():
         client = Client(load_plugins=True)
         pipeline = client.validate(pipeline_file)
-        console.print(f"[green]ok[/green] {pipeline.name}: {len(pipeline.nodes)} node(s), "
-                      f"plugins {', '.join(sorted({n.plugin for n in pipeline.nodes}))}")
+        console.print(
+            f"[green]ok[/green] {pipeline.name}: {len(pipeline.nodes)} node(s), "
+            f"plugins {', '.join(sorted({n.plugin for n in pipeline.nodes}))}"
+        )
 
 
 @main.command()
 @click.argument("pipeline_file", type=click.Path(dir_okay=False))
-@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE",
-              help="Run input value (a string); repeatable.")
-@click.option("--input-file", type=click.Path(exists=True, dir_okay=False),
-              help="Run input as a JSON or YAML object (typed values).")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Run input value (a string); repeatable.",
+)
+@click.option(
+    "--input-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Run input as a JSON or YAML object (typed values).",
+)
 @click.option("--wait/--no-wait", default=False, help="Follow the run until it ends.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after N s.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @redis_option
-def run(pipeline_file: str, inputs: tuple[str, ...], input_file: str | None, wait: bool,
-        timeout: float | None, as_json: bool, redis_url: str | None) -> None:
+def run(
+    pipeline_file: str,
+    inputs: tuple[str, ...],
+    input_file: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    redis_url: str | None,
+) -> None:
     """Validate and start a run of PIPELINE_FILE."""
     with _errors():
         client = _client(redis_url)
@@ -173,13 +194,19 @@ def runs(limit: int, as_json: bool, redis_url: str | None) -> None:
     with _errors():
         items = _client(redis_url).runs(limit)
         if as_json:
-            click.echo(json.dumps([json.loads(s.model_dump_json(exclude={"nodes"}))
-                                   for s in items], indent=2))
+            click.echo(
+                json.dumps(
+                    [json.loads(s.model_dump_json(exclude={"nodes"})) for s in items], indent=2
+                )
+            )
             return
         for s in items:
             took = f"{s.duration:.1f}s" if s.duration is not None else "-"
-            console.print(f"{s.run_id}  {s.pipeline:<20} {s.status:<16} {took:>8}  "
-                          f"tasks {s.tasks_done}/{s.tasks_total}", highlight=False)
+            console.print(
+                f"{s.run_id}  {s.pipeline:<20} {s.status:<16} {took:>8}  "
+                f"tasks {s.tasks_done}/{s.tasks_total}",
+                highlight=False,
+            )
 
 
 @main.command()
@@ -212,17 +239,26 @@ def plugins(as_json: bool) -> None:
         from dagworker.worker import load_plugins
 
         load_plugins(Settings.from_env())
-        rows = [{"name": p.name, "parameters": [
-                    prm.name + ("" if prm.required else "?") for prm in p.parameters],
-                 "module": p.func.__module__, "queue": p.queue,
-                 "rollback": p.rollback_func is not None, "description": p.description}
-                for p in registry.all()]
+        rows = [
+            {
+                "name": p.name,
+                "parameters": [prm.name + ("" if prm.required else "?") for prm in p.parameters],
+                "module": p.func.__module__,
+                "queue": p.queue,
+                "rollback": p.rollback_func is not None,
+                "description": p.description,
+            }
+            for p in registry.all()
+        ]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
         for row in rows:
-            console.print(f"[bold]{row['name']}[/bold]({', '.join(row['parameters'])})  "
-                          f"[dim]{row['module']}[/dim]  {row['description']}", highlight=False)
+            console.print(
+                f"[bold]{row['name']}[/bold]({', '.join(row['parameters'])})  "
+                f"[dim]{row['module']}[/dim]  {row['description']}",
+                highlight=False,
+            )
 
 
 @main.command()
@@ -233,5 +269,3 @@ def demo(keep_worker: bool) -> None:
 
     with _errors():
         sys.exit(run_demo(console, keep_worker=keep_worker))
-
-

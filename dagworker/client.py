@@ -11,7 +11,8 @@ from typing import Any
 from dagworker.errors import RunTimeout
 from dagworker.orchestrator import Orchestrator
 from dagworker.pipeline import Pipeline, read_pipeline_file
-from dagworker.plugin import Registry, registry as default_registry
+from dagworker.plugin import Registry
+from dagworker.plugin import registry as default_registry
 from dagworker.settings import Settings
 from dagworker.states import NodeState, RunState
 from dagworker.status import RunStatus, read_status
@@ -69,8 +70,12 @@ class Client:
     """Submit and inspect runs. Settings default to the environment (DESIGN §8)."""
 
     def __init__(
-        self, redis_url: str | None = None, *, settings: Settings | None = None,
-        registry: Registry | None = None, load_plugins: bool = True,
+        self,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        load_plugins: bool = True,
     ) -> None:
         base = settings or Settings.from_env()
         if redis_url is not None:
@@ -100,24 +105,24 @@ class Client:
         self.orchestrator  # noqa: B018  (loads plugins so validation sees them)
         return load_pipeline(pipeline, self.registry)
 
-    def submit(
-        self, pipeline: PipelineSource, input: Mapping[str, Any] | None = None
-    ) -> RunHandle:
+    def submit(self, pipeline: PipelineSource, input: Mapping[str, Any] | None = None) -> RunHandle:
         """Validate, then start a run. Nothing is sent when the pipeline or input is invalid."""
         orch = self.orchestrator
         validated = load_pipeline(pipeline, self.registry)
         run_input = check_input(validated, dict(input or {}))
-        json.dumps(run_input)   # the run input must be JSON (raises TypeError naming the value)
+        json.dumps(run_input)  # the run input must be JSON (raises TypeError naming the value)
         run_id = orch.start_run(validated, run_input)
         return RunHandle(self, run_id)
 
     def get(self, run_id: str) -> RunHandle:
-        self.store.run(run_id)   # raises RunNotFound
+        self.store.run(run_id)  # raises RunNotFound
         return RunHandle(self, run_id)
 
     def runs(self, limit: int = 20) -> list[RunStatus]:
-        return [read_status(self.store, rid, with_nodes=False)
-                for rid in self.store.run_ids(limit=limit)]
+        return [
+            read_status(self.store, rid, with_nodes=False)
+            for rid in self.store.run_ids(limit=limit)
+        ]
 
     def node_state(self, run_id: str, slug: str) -> NodeState:
         return NodeState(self.store.nodes(run_id)[slug])

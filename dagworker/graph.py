@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 class Graph:
     """Immutable adjacency of a DAG keyed by slug; edges run dependency -> dependant."""
 
-    order: tuple[str, ...]                      # declaration order
+    order: tuple[str, ...]  # declaration order
     predecessors: Mapping[str, tuple[str, ...]]
     successors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_edges(cls, deps: Mapping[str, Sequence[str]]) -> Graph:
-        """Build from ``slug -> depends_on``; unknown targets are ignored (validation names them)."""
+        """From ``slug -> depends_on``; unknown targets are dropped (validation reports them)."""
         order = tuple(deps)
         known = set(order)
         preds = {s: tuple(d for d in deps[s] if d in known) for s in order}
@@ -49,7 +49,7 @@ class Graph:
                     stack.append((node, i + 1))
                     nxt = succ[i]
                     if color[nxt] == grey:
-                        return path[path.index(nxt):]
+                        return path[path.index(nxt) :]
                     if color[nxt] == white:
                         stack.append((nxt, 0))
                 else:

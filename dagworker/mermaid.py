@@ -22,24 +22,31 @@ def _label(text: str) -> str:
     return text.replace('"', "'")
 
 
-def to_mermaid(pipeline: Pipeline, states: Mapping[str, str] | None = None,
-               counts: Mapping[str, str] | None = None) -> str:
+def to_mermaid(
+    pipeline: Pipeline,
+    states: Mapping[str, str] | None = None,
+    counts: Mapping[str, str] | None = None,
+) -> str:
     lines = ["flowchart TD"]
     for node in pipeline.nodes:
         parts = [node.slug, f"<i>{node.plugin}</i>"]
         if node.fan_mode is not FanMode.SINGLE:
             parts.append(node.fan_mode.value)
         if states is not None:
-            parts.append(f"{states.get(node.slug, 'pending')}"
-                         + (f" · {counts[node.slug]}" if counts and node.slug in counts else ""))
+            parts.append(
+                f"{states.get(node.slug, 'pending')}"
+                + (f" · {counts[node.slug]}" if counts and node.slug in counts else "")
+            )
         shape = ('{{"%s"}}' if node.passthrough else '["%s"]') % _label("<br/>".join(parts))
         lines.append(f"    {node.slug}{shape}")
     for node in pipeline.nodes:
         for dep in node.depends_on:
             edge = node.edge_filters.get(dep)
             if edge is not None and (edge.rules or edge.select):
-                rules = [f"{r.field} {r.op} {r.value!r}" if r.value is not None else
-                         f"{r.field} {r.op}" for r in edge.rules]
+                rules = [
+                    f"{r.field} {r.op} {r.value!r}" if r.value is not None else f"{r.field} {r.op}"
+                    for r in edge.rules
+                ]
                 if edge.select:
                     rules.append(f"top {edge.select.limit} by {edge.select.field}")
                 lines.append(f'    {dep} -- "{_label(" and ".join(rules))}" --> {node.slug}')

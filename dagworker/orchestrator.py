@@ -26,13 +26,20 @@ import socket
 import time
 import traceback as tb
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dagworker.artifact import Artifact, artifact_id
 from dagworker.context import TaskContext
-from dagworker.errors import DagworkerError, LimitExceeded, RunNotFound
+from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
+from dagworker.errors import (
+    DagworkerError,
+    ExpressionError,
+    ExpressionEvalError,
+    LimitExceeded,
+    RunNotFound,
+)
 from dagworker.graph import Graph
 from dagworker.pipeline import FanMode, Node, Pipeline
 from dagworker.plugin import Plugin, Registry
@@ -63,6 +70,7 @@ class Compiled:
     graph: Graph
     nodes: dict[str, Node]
     run_input: dict[str, Any]
+    bindings: dict[str, tuple[CompiledBinding, ...]]
 
 
 class _RunCache:
@@ -76,8 +84,10 @@ class _RunCache:
             pipeline = Pipeline.model_validate_json(store.pipeline_json(run_id))
             run_input = json.loads(store.run(run_id).get("input") or "{}")
             graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
-            item = Compiled(run_id, pipeline, graph, {n.slug: n for n in pipeline.nodes},
-                            run_input)
+            item = Compiled(
+                run_id, pipeline, graph, {n.slug: n for n in pipeline.nodes}, run_input,
+                {n.slug: compile_bindings(n) for n in pipeline.nodes},
+            )
             self._items[run_id] = item
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -117,12 +127,19 @@ class Orchestrator:
         run_id = run_id or new_run_id()
         at = now()
         record = {
-            "id": run_id, "pipeline": pipeline.name,
+            "id": run_id,
+            "pipeline": pipeline.name,
             "pipeline_version": "" if pipeline.version is None else str(pipeline.version),
-            "status": RunState.RUNNING.value, "error": "", "created_at": at, "started_at": at,
-            "finished_at": "", "input": json.dumps(dict(run_input)),
-            "nodes_total": len(pipeline.nodes), "nodes_settled": 0,
-            "tasks_total": 0, "tasks_done": 0,
+            "status": RunState.RUNNING.value,
+            "error": "",
+            "created_at": at,
+            "started_at": at,
+            "finished_at": "",
+            "input": json.dumps(dict(run_input)),
+            "nodes_total": len(pipeline.nodes),
+            "nodes_settled": 0,
+            "tasks_total": 0,
+            "tasks_done": 0,
         }
         waits = {n.slug: len(n.depends_on) for n in pipeline.nodes}
         self.store.create_run(run_id, record, pipeline.to_json(), waits)
@@ -145,7 +162,7 @@ class Orchestrator:
     # -- launching ----------------------------------------------------------------------------
 
     def launch(self, run_id: str, slug: str) -> None:
-        """Persist and publish a claimed node's tasks; safe to call again (resumes at the cursor)."""
+        """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor)."""
         c = self.compiled(run_id)
         node = c.nodes[slug]
         settings = self.store.settings
@@ -161,8 +178,9 @@ class Orchestrator:
             for index, spec in enumerate(self._specs(c, node)):
                 total = index + 1
                 if total > settings.max_tasks_per_node:
-                    raise LimitExceeded("DAGWORKER_MAX_TASKS_PER_NODE", total,
-                                        settings.max_tasks_per_node)
+                    raise LimitExceeded(
+                        "DAGWORKER_MAX_TASKS_PER_NODE", total, settings.max_tasks_per_node
+                    )
                 if index < cursor:
                     continue
                 if not batch:
@@ -204,19 +222,29 @@ class Orchestrator:
     def _specs(self, c: Compiled, node: Node) -> Iterator[str]:
         """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
         if not node.depends_on:
-            yield json.dumps({"root": True})
-            return
-        inputs = {dep: self._inputs_of(c, dep) for dep in node.depends_on}
-        for plan in iter_plans(node, inputs):
-            yield json.dumps(self._spec(node, plan), separators=(",", ":"))
+            plans: Iterable[TaskPlan] = [TaskPlan(index=0, origin=None, inputs={})]
+        else:
+            inputs = {dep: self._inputs_of(c, dep) for dep in node.depends_on}
+            plans = iter_plans(node, inputs)
+        for plan in plans:
+            yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
 
-    def _spec(self, node: Node, plan: TaskPlan) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "o": plan.origin,
-            "in": {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts},
-        }
+    def _spec(self, c: Compiled, node: Node, plan: TaskPlan) -> dict[str, Any]:
+        spec: dict[str, Any] = {"o": plan.origin}
+        if not node.depends_on:
+            spec["root"] = True
+        else:
+            spec["in"] = {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts}
         if node.fan_mode is FanMode.AGGREGATE:
             spec["agg"] = True
+        if c.bindings[node.slug]:
+            fields = {dep: [a.fields for a in arts] for dep, arts in plan.inputs.items()}
+            scope = task_scope(node, fields, c.run_input, c.run_id, c.pipeline.name, plan.index)
+            try:
+                spec["b"] = evaluate(node, c.bindings[node.slug], scope)
+            except ExpressionError as exc:
+                # Decided once like any input: the task exists and fails with this error.
+                spec["err"] = str(exc)
         return spec
 
     def _inputs_of(self, c: Compiled, dep: str) -> list[Artifact]:
@@ -265,9 +293,12 @@ class Orchestrator:
         waits = {s: int(raw.get(f"{s}:wait", 0)) for s in c.nodes}
         counters = store.node_counters(c.run_id, sorted(pending))
         outcomes = {
-            s: NodeOutcome(int(v.get("tasks", 0)), int(v.get("completed", 0)),
-                           int(v.get("failed", 0)) + int(v.get("launch_failed", 0)),
-                           int(v.get("cancelled", 0)))
+            s: NodeOutcome(
+                int(v.get("tasks", 0)),
+                int(v.get("completed", 0)),
+                int(v.get("failed", 0)) + int(v.get("launch_failed", 0)),
+                int(v.get("cancelled", 0)),
+            )
             for s, v in counters.items()
         }
         errors = {s: v.get("error", "") for s, v in counters.items()}
@@ -275,9 +306,15 @@ class Orchestrator:
             if outcomes[s].failed and not errors[s]:
                 errors[s] = self._first_error(c.run_id, s, outcomes[s].tasks)
         decision = decide(
-            c.graph, {s: n.on_failure for s, n in c.nodes.items()}, states, waits, outcomes,
-            RunState(run["status"]), int(run.get("nodes_settled") or 0),
-            run.get("any_failed") == "1", errors,
+            c.graph,
+            {s: n.on_failure for s, n in c.nodes.items()},
+            states,
+            waits,
+            outcomes,
+            RunState(run["status"]),
+            int(run.get("nodes_settled") or 0),
+            run.get("any_failed") == "1",
+            errors,
         )
         at = now()
         ops: list[tuple[Any, ...]] = [(k.settle(c.run_id), "srem", s) for s in pending]
@@ -299,8 +336,13 @@ class Orchestrator:
                 (k.run(c.run_id), "hset", "finished_at", at),
                 (k.run(c.run_id), "hset", "error", decision.error or ""),
                 (k.runs_active, "zrem", c.run_id),
-                (k.events(c.run_id), "rpush", json.dumps(
-                    {"at": at, "status": decision.run_state.value, "error": decision.error})),
+                (
+                    k.events(c.run_id),
+                    "rpush",
+                    json.dumps(
+                        {"at": at, "status": decision.run_state.value, "error": decision.error}
+                    ),
+                ),
             ]
         return ops, decision
 
@@ -327,31 +369,48 @@ class Orchestrator:
         if begin.verdict in ("stale", "missing"):
             return begin.verdict
         if begin.verdict == "inactive":
-            finish = store.finish_task(run_id, slug, index, attempt, "cancelled",
-                                       error=f"run is {begin.state}")
+            finish = store.finish_task(
+                run_id, slug, index, attempt, "cancelled", error=f"run is {begin.state}"
+            )
             self._after(run_id, finish.settle)
             return "cancelled"
         c = self.compiled(run_id)
         node = c.nodes[slug]
         staged: str | None = None
         try:
+            if "err" in begin.spec:
+                raise ExpressionEvalError(begin.spec["err"])
             plugin = self.registry.get(node.plugin)
             ctx = self._context(c, node, index, attempt, begin.spec)
-            kwargs = {**node.config}
+            kwargs = {**node.config, **begin.spec.get("b", {})}
             encoded, staged, count = self._run_plugin(c, node, plugin, ctx, kwargs, begin.spec)
         except Exception as exc:  # a failing plugin fails its task, never the worker
             if staged:
                 store.r.delete(staged)
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("run %s node %s task %s attempt %s failed: %s",
-                        run_id, slug, index, attempt, error)
-            finish = store.finish_task(run_id, slug, index, attempt, "failed",
-                                       error=error, traceback=tb.format_exc(limit=20))
+            log.warning(
+                "run %s node %s task %s attempt %s failed: %s", run_id, slug, index, attempt, error
+            )
+            finish = store.finish_task(
+                run_id,
+                slug,
+                index,
+                attempt,
+                "failed",
+                error=error,
+                traceback=tb.format_exc(limit=20),
+            )
             self._after(run_id, finish.settle)
             return "failed"
         finish = store.finish_task(
-            run_id, slug, index, attempt, "completed", encoded_outputs=encoded,
-            staged_key=staged, staged_count=count,
+            run_id,
+            slug,
+            index,
+            attempt,
+            "completed",
+            encoded_outputs=encoded,
+            staged_key=staged,
+            staged_count=count,
         )
         self._after(run_id, finish.settle or finish.verdict == "duplicate")
         return "completed" if finish.verdict == "recorded" else finish.verdict
@@ -372,15 +431,28 @@ class Orchestrator:
         artifacts = [fetched[aid].fields for aid in ids]
         single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1
         return TaskContext(
-            run_id=c.run_id, pipeline=c.pipeline.name, node=node.slug, task_index=index,
-            attempt=attempt, origin=spec.get("o"), artifact=artifacts[0] if single else None,
-            artifacts=artifacts, inputs=inputs, config=dict(node.config), input=c.run_input,
+            run_id=c.run_id,
+            pipeline=c.pipeline.name,
+            node=node.slug,
+            task_index=index,
+            attempt=attempt,
+            origin=spec.get("o"),
+            artifact=artifacts[0] if single else None,
+            artifacts=artifacts,
+            inputs=inputs,
+            config=dict(node.config),
+            input=c.run_input,
             logger=logging.getLogger(f"dagworker.plugin.{node.plugin}"),
         )
 
     def _run_plugin(
-        self, c: Compiled, node: Node, plugin: Plugin, ctx: TaskContext,
-        kwargs: Mapping[str, Any], spec: Mapping[str, Any],
+        self,
+        c: Compiled,
+        node: Node,
+        plugin: Plugin,
+        ctx: TaskContext,
+        kwargs: Mapping[str, Any],
+        spec: Mapping[str, Any],
     ) -> tuple[list[str], str | None, int]:
         """Stream the plugin's outputs: inline when few, else staged in chunks in Redis."""
         settings = self.store.settings
@@ -392,13 +464,15 @@ class Orchestrator:
         for k, fields in enumerate(plugin.iter_outputs(ctx, kwargs)):
             count = k + 1
             if count > settings.max_artifacts_per_task:
-                raise LimitExceeded("DAGWORKER_MAX_ARTIFACTS_PER_TASK", count,
-                                    settings.max_artifacts_per_task)
+                raise LimitExceeded(
+                    "DAGWORKER_MAX_ARTIFACTS_PER_TASK", count, settings.max_artifacts_per_task
+                )
             own = artifact_id(node.slug, ctx.task_index, k) if root else origin
             item = encode_artifact(own, fields)
             if len(item) > settings.max_artifact_bytes:
-                raise LimitExceeded("DAGWORKER_MAX_ARTIFACT_BYTES", len(item),
-                                    settings.max_artifact_bytes)
+                raise LimitExceeded(
+                    "DAGWORKER_MAX_ARTIFACT_BYTES", len(item), settings.max_artifact_bytes
+                )
             encoded.append(item)
             if count > INLINE_OUTPUTS and len(encoded) >= STAGE_CHUNK:
                 # Many outputs (a streamed fan-out): hold them in Redis, not in worker memory.

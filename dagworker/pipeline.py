@@ -38,8 +38,21 @@ class OnFailure(str, Enum):
 
 
 FilterOp = Literal[
-    "eq", "neq", "in", "not_in", "contains", "not_contains", "starts_with", "ends_with",
-    "gt", "gte", "lt", "lte", "exists", "not_exists", "matches",
+    "eq",
+    "neq",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "exists",
+    "not_exists",
+    "matches",
 ]
 
 

@@ -43,7 +43,7 @@ class Plugin:
     name: str
     func: PluginFunc
     parameters: tuple[Parameter, ...]
-    accepts_any: bool                       # the function takes **kwargs
+    accepts_any: bool  # the function takes **kwargs
     queue: str | None = None
     retry: Mapping[str, Any] | None = None
     timeout_s: float | None = None
@@ -140,7 +140,8 @@ def _check_context_first(name: str, func: Callable[..., Any]) -> inspect.Signatu
     sig = inspect.signature(func)
     params = list(sig.parameters.values())
     if not params or params[0].kind not in (
-        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
     ):
         raise PluginSignatureError(
             f"plugin {name!r}: the first parameter must take the TaskContext, e.g. "
@@ -199,16 +200,22 @@ class Registry:
         existing = self._plugins.get(name)
         if existing is not None:
             if _same_function(existing.func, func):
-                return existing      # the same module imported twice (entry point + settings)
+                return existing  # the same module imported twice (entry point + settings)
             raise DuplicatePlugin(
                 f"plugin {name!r} is already registered by {_where(existing.func)}; "
                 f"{_where(func)} cannot register it again (pick another name)"
             )
         params, accepts_any = _parameters(name, func)
         version = str(options.pop("version", "1"))
-        plug = Plugin(name, func, params, accepts_any, version=version,
-                      description=options.pop("description", None) or (func.__doc__ or "").strip(),
-                      **options)
+        plug = Plugin(
+            name,
+            func,
+            params,
+            accepts_any,
+            version=version,
+            description=options.pop("description", None) or (func.__doc__ or "").strip(),
+            **options,
+        )
         self._plugins[name] = plug
         return plug
 
@@ -238,7 +245,8 @@ def _where(func: Callable[..., Any]) -> str:
 def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
     return a is b or (
-        code_a is not None and code_b is not None
+        code_a is not None
+        and code_b is not None
         and code_a.co_filename == code_b.co_filename
         and code_a.co_firstlineno == code_b.co_firstlineno
     )
@@ -248,9 +256,7 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 registry = Registry()
 
 
-def plugin(
-    name: str | PluginFunc | None = None, /, **options: Any
-) -> Any:
+def plugin(name: str | PluginFunc | None = None, /, **options: Any) -> Any:
     """Register a plugin: ``@plugin``, ``@plugin("name")`` or ``@plugin("name", queue=..., ...)``.
 
     Options: queue, retry (dict), timeout_s, compensate_failed, version, description. Unknown

@@ -15,9 +15,17 @@ from dagworker.states import RunState
 from dagworker.status import RunStatus
 
 STATE_COLOURS = {
-    "pending": "grey50", "running": "cyan", "completed": "green", "failed": "red",
-    "filtered": "yellow", "skipped": "grey42", "cancelled": "magenta", "rolled_back": "orange3",
-    "paused": "yellow", "rolling_back": "orange3", "rollback_failed": "red",
+    "pending": "grey50",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "filtered": "yellow",
+    "skipped": "grey42",
+    "cancelled": "magenta",
+    "rolled_back": "orange3",
+    "paused": "yellow",
+    "rolling_back": "orange3",
+    "rollback_failed": "red",
 }
 
 
@@ -31,9 +39,14 @@ def render_status(status: RunStatus) -> Group:
     colour = STATE_COLOURS.get(status.status, "white")
     elapsed = (status.finished_at or time.time()) - status.created_at
     head = Text.assemble(
-        ("run ", "bold"), (status.run_id, "bold"), "  ", (status.pipeline, "italic"),
-        f" v{status.pipeline_version}" if status.pipeline_version else "", "  ",
-        (status.status, f"bold {colour}"), f"  {elapsed:.1f}s",
+        ("run ", "bold"),
+        (status.run_id, "bold"),
+        "  ",
+        (status.pipeline, "italic"),
+        f" v{status.pipeline_version}" if status.pipeline_version else "",
+        "  ",
+        (status.status, f"bold {colour}"),
+        f"  {elapsed:.1f}s",
         f"  tasks {status.tasks_done}/{status.tasks_total}",
     )
     total = max(status.tasks_total, 1)
@@ -43,9 +56,13 @@ def render_status(status: RunStatus) -> Group:
         table.add_column(col, justify="right" if col in ("tasks", "done", "failed") else "left")
     for slug, node in status.nodes.items():
         table.add_row(
-            slug, Text(node.state, style=STATE_COLOURS.get(node.state, "white")),
-            str(node.tasks), str(node.completed), str(node.failed or ""),
-            _when(node.started_at), _when(node.finished_at),
+            slug,
+            Text(node.state, style=STATE_COLOURS.get(node.state, "white")),
+            str(node.tasks),
+            str(node.completed),
+            str(node.failed or ""),
+            _when(node.started_at),
+            _when(node.finished_at),
         )
     parts: list[Text | Table | ProgressBar] = [head, bar, table]
     if status.error:
@@ -53,14 +70,16 @@ def render_status(status: RunStatus) -> Group:
     return Group(*parts)
 
 
-def follow(read: object, console: Console, interval: float = 0.2,
-           timeout: float | None = None) -> RunStatus:
+def follow(
+    read: object, console: Console, interval: float = 0.2, timeout: float | None = None
+) -> RunStatus:
     """Redraw ``read()`` (a callable returning RunStatus) until the run is terminal."""
     assert callable(read)
     deadline = None if timeout is None else time.monotonic() + timeout
     status: RunStatus = read()
-    with Live(render_status(status), console=console, refresh_per_second=10,
-              transient=False) as live:
+    with Live(
+        render_status(status), console=console, refresh_per_second=10, transient=False
+    ) as live:
         while not RunState(status.status).terminal:
             if deadline is not None and time.monotonic() > deadline:
                 break

@@ -53,13 +53,15 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
         node = c.nodes[slug]
         plugin = orch.registry.get(node.plugin)
         states = store.tasks_state(run_id, slug, first, last)
-        todo = [(first + i, attempt) for i, (state, attempt) in enumerate(states)
-                if state == "queued"]
+        todo = [
+            (first + i, attempt) for i, (state, attempt) in enumerate(states) if state == "queued"
+        ]
         if todo:
             orch.publisher.publish(run_id, node, plugin, todo)
             repairs.republished += len(todo)
-            log.warning("reconciler: run %s node %s: republished %d task(s)",
-                        run_id, slug, len(todo))
+            log.warning(
+                "reconciler: run %s node %s: republished %d task(s)", run_id, slug, len(todo)
+            )
         store.published(run_id, slug, first, last)
     for slug in store.stale_launches(run_id, cutoff):
         log.warning("reconciler: run %s node %s: resuming an interrupted launch", run_id, slug)

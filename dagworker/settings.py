@@ -21,7 +21,7 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str = ""                        # "" means: the Redis URL
+    broker_url: str = ""  # "" means: the Redis URL
     plugins: tuple[str, ...] = ()
     key_prefix: str = "dagworker"
     default_queue: str = "dagworker"
@@ -35,7 +35,7 @@ class Settings:
     max_artifacts_per_task: int = 1_000_000
     max_artifact_bytes: int = 1_000_000
     launch_batch: int = 500
-    result_ttl: float = 7 * 86_400.0             # how long finished runs are kept
+    result_ttl: float = 7 * 86_400.0  # how long finished runs are kept
 
     @property
     def effective_broker_url(self) -> str:

@@ -36,11 +36,11 @@ class NodeOutcome:
 
 @dataclass
 class Decision:
-    states: dict[str, NodeState] = field(default_factory=dict)   # nodes whose state changes
-    waits: dict[str, int] = field(default_factory=dict)          # new barrier counts
-    claimed: list[str] = field(default_factory=list)             # to launch, in order
-    settled: int = 0                                             # nodes newly settled
-    run_state: RunState | None = None                            # set when the run ends
+    states: dict[str, NodeState] = field(default_factory=dict)  # nodes whose state changes
+    waits: dict[str, int] = field(default_factory=dict)  # new barrier counts
+    claimed: list[str] = field(default_factory=list)  # to launch, in order
+    settled: int = 0  # nodes newly settled
+    run_state: RunState | None = None  # set when the run ends
     error: str | None = None
 
 
@@ -82,7 +82,7 @@ def decide(
                 continue
             preds = graph.predecessors[succ]
             if any(current[p] in (NodeState.FAILED, NodeState.SKIPPED) for p in preds):
-                work.append((succ, NodeState.SKIPPED))        # skip cascades (DESIGN §4.5)
+                work.append((succ, NodeState.SKIPPED))  # skip cascades (DESIGN §4.5)
             else:
                 current[succ] = decision.states[succ] = NodeState.RUNNING
                 decision.claimed.append(succ)

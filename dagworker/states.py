@@ -58,12 +58,23 @@ class TaskState(str, Enum):
 
 
 RUN_TERMINAL = frozenset(
-    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.ROLLED_BACK,
-     RunState.ROLLBACK_FAILED}
+    {
+        RunState.COMPLETED,
+        RunState.FAILED,
+        RunState.CANCELLED,
+        RunState.ROLLED_BACK,
+        RunState.ROLLBACK_FAILED,
+    }
 )
 NODE_SETTLED = frozenset(
-    {NodeState.COMPLETED, NodeState.FAILED, NodeState.FILTERED, NodeState.SKIPPED,
-     NodeState.CANCELLED, NodeState.ROLLED_BACK}
+    {
+        NodeState.COMPLETED,
+        NodeState.FAILED,
+        NodeState.FILTERED,
+        NodeState.SKIPPED,
+        NodeState.CANCELLED,
+        NodeState.ROLLED_BACK,
+    }
 )
 TASK_TERMINAL = frozenset(
     {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.COMPENSATED}
@@ -72,8 +83,13 @@ TASK_TERMINAL = frozenset(
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
     RunState.RUNNING: frozenset(
-        {RunState.PAUSED, RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED,
-         RunState.ROLLING_BACK}
+        {
+            RunState.PAUSED,
+            RunState.COMPLETED,
+            RunState.FAILED,
+            RunState.CANCELLED,
+            RunState.ROLLING_BACK,
+        }
     ),
     RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
     RunState.COMPLETED: frozenset({RunState.ROLLING_BACK}),

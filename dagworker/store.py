@@ -49,14 +49,14 @@ def decode_artifact(node: str, task: int, k: int, raw: str | bytes) -> Artifact:
 
 @dataclass(frozen=True)
 class TaskBegin:
-    verdict: str                 # run | finished | stale | inactive | missing
+    verdict: str  # run | finished | stale | inactive | missing
     spec: dict[str, Any]
     state: str
 
 
 @dataclass(frozen=True)
 class TaskFinish:
-    verdict: str                 # recorded | duplicate | stale
+    verdict: str  # recorded | duplicate | stale
     settle: bool
 
 
@@ -82,7 +82,10 @@ class Store:
     # -- runs -----------------------------------------------------------------------------------
 
     def create_run(
-        self, run_id: str, record: Mapping[str, Any], pipeline_json: str,
+        self,
+        run_id: str,
+        record: Mapping[str, Any],
+        pipeline_json: str,
         waits: Mapping[str, int],
     ) -> None:
         """Write a new run with all nodes pending; refuses to overwrite an existing run id."""
@@ -162,8 +165,13 @@ class Store:
         member = f"{slug}|{first}|{first + len(specs) - 1}"
         task_keys = [k.task(run_id, slug, first + i) for i in range(len(specs))]
         applied = self._scripts["launch_batch"](
-            keys=[k.node(run_id, slug), k.outbox(run_id), k.run(run_id), k.launching(run_id),
-                  *task_keys],
+            keys=[
+                k.node(run_id, slug),
+                k.outbox(run_id),
+                k.run(run_id),
+                k.launching(run_id),
+                *task_keys,
+            ],
             args=[first, at, member, slug, *specs],
         )
         return bool(applied)
@@ -206,7 +214,9 @@ class Store:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def begin_task(self, run_id: str, slug: str, index: int, attempt: int, worker: str) -> TaskBegin:
+    def begin_task(
+        self, run_id: str, slug: str, index: int, attempt: int, worker: str
+    ) -> TaskBegin:
         k = self.keys
         verdict, spec, state = self._scripts["begin_task"](
             keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
@@ -222,19 +232,44 @@ class Store:
         pipe.execute()
 
     def finish_task(
-        self, run_id: str, slug: str, index: int, attempt: int, outcome: str, *,
-        encoded_outputs: Sequence[str] = (), staged_key: str | None = None, staged_count: int = 0,
-        error: str = "", traceback: str = "",
+        self,
+        run_id: str,
+        slug: str,
+        index: int,
+        attempt: int,
+        outcome: str,
+        *,
+        encoded_outputs: Sequence[str] = (),
+        staged_key: str | None = None,
+        staged_count: int = 0,
+        error: str = "",
+        traceback: str = "",
     ) -> TaskFinish:
         k = self.keys
         staging = staged_key or k.staging(run_id, slug, index, "none")
         n_out = staged_count if staged_key else len(encoded_outputs)
         verdict, settle = self._scripts["finish_task"](
-            keys=[k.run(run_id), k.node(run_id, slug), k.task(run_id, slug, index),
-                  k.outputs(run_id, slug, index), k.counts(run_id, slug), staging,
-                  k.settle(run_id)],
-            args=[attempt, outcome, now(), index, slug, n_out, error, traceback,
-                  "1" if staged_key else "0", *([] if staged_key else encoded_outputs)],
+            keys=[
+                k.run(run_id),
+                k.node(run_id, slug),
+                k.task(run_id, slug, index),
+                k.outputs(run_id, slug, index),
+                k.counts(run_id, slug),
+                staging,
+                k.settle(run_id),
+            ],
+            args=[
+                attempt,
+                outcome,
+                now(),
+                index,
+                slug,
+                n_out,
+                error,
+                traceback,
+                "1" if staged_key else "0",
+                *([] if staged_key else encoded_outputs),
+            ],
         )
         return TaskFinish(verdict, bool(settle))
 

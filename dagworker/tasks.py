@@ -52,7 +52,10 @@ class CeleryPublisher:
                     task_name(plugin.name),
                     kwargs={"run": run_id, "node": node.slug, "task": index, "attempt": attempt},
                     task_id=task_id(run_id, node.slug, index, attempt),
-                    queue=queue, producer=producer, ignore_result=True, **limits,
+                    queue=queue,
+                    producer=producer,
+                    ignore_result=True,
+                    **limits,
                 )
 
 
@@ -63,7 +66,7 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
         return app.tasks[name]
 
     def run_plugin(run: str, node: str, task: int, attempt: int) -> str:
-        from dagworker.worker import orchestrator   # the worker's own, built once per process
+        from dagworker.worker import orchestrator  # the worker's own, built once per process
 
         return orchestrator().execute(run, node, int(task), int(attempt))
 

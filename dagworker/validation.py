@@ -67,8 +67,13 @@ def parse(raw: Mapping[str, Any] | Pipeline) -> tuple[Pipeline | None, list[Node
                 problems += _pydantic_problems(exc, _node_where(item, i), _NODE_KEYS)
     top = {k: v for k, v in raw.items() if k != "nodes"}
     try:
-        Pipeline.model_validate({**top, "nodes": [n.model_dump() for n in nodes] or
-                                 ([{"slug": "x", "plugin": "x"}] if raw_nodes else [])})
+        Pipeline.model_validate(
+            {
+                **top,
+                "nodes": [n.model_dump() for n in nodes]
+                or ([{"slug": "x", "plugin": "x"}] if raw_nodes else []),
+            }
+        )
     except ValidationError as exc:
         problems += _pydantic_problems(exc, "pipeline", _PIPELINE_KEYS)
     if raw_nodes is None:
@@ -94,14 +99,24 @@ def _graph_problems(nodes: list[Node]) -> list[Problem]:
         where = f"node {node.slug!r}"
         for dep in node.depends_on:
             if dep not in slugs:
-                problems.append(Problem(where, f"depends_on: unknown node {dep!r};"
-                                        f"{did_you_mean(dep, slugs) or ' no such slug'}"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"depends_on: unknown node {dep!r};"
+                        f"{did_you_mean(dep, slugs) or ' no such slug'}",
+                    )
+                )
         if len(set(node.depends_on)) != len(node.depends_on):
             problems.append(Problem(where, "depends_on: lists a node twice"))
         for edge in node.edge_filters:
             if edge not in node.depends_on:
-                problems.append(Problem(where, f"edge_filters: {edge!r} is not in depends_on "
-                                        f"({', '.join(node.depends_on) or 'none'})"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"edge_filters: {edge!r} is not in depends_on "
+                        f"({', '.join(node.depends_on) or 'none'})",
+                    )
+                )
         for slug, edge_filter in node.edge_filters.items():
             for msg in check_edge_filter(edge_filter):
                 problems.append(Problem(where, f"edge_filters.{slug}: {msg}"))
@@ -133,11 +148,17 @@ def _binding_problems(node: Node) -> list[Problem]:
                 continue
             for ns in sorted(template.namespaces() - namespaces):
                 hint = did_you_mean(ns, namespaces)
-                problems.append(Problem(where, f"{field}: unknown namespace {ns!r};"
-                                        f"{hint or ' use a dependency slug, input, config, run or task'}"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"{field}: unknown namespace {ns!r};"
+                        f"{hint or ' use a dependency slug, input, config, run or task'}",
+                    )
+                )
         if param in node.config:
-            problems.append(Problem(where, f"parameter {param!r} is set in both config and "
-                                    "bindings; keep one"))
+            problems.append(
+                Problem(where, f"parameter {param!r} is set in both config and bindings; keep one")
+            )
     return problems
 
 
@@ -153,16 +174,26 @@ def _plugin_problems(node: Node, registry: Registry) -> list[Problem]:
         for name in sorted(given - plugin.parameter_names):
             source = "bindings" if name in node.bindings else "config"
             hint = did_you_mean(name, plugin.parameter_names)
-            problems.append(Problem(where, f"{source}.{name}: plugin {plugin.name!r} has no "
-                                    f"parameter {name!r};{hint or ' remove it'}"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{source}.{name}: plugin {plugin.name!r} has no "
+                    f"parameter {name!r};{hint or ' remove it'}",
+                )
+            )
     for name in sorted(plugin.required_parameters - given):
-        problems.append(Problem(where, f"plugin {plugin.name!r} requires parameter {name!r}; "
-                                "set it in config or bindings"))
+        problems.append(
+            Problem(
+                where,
+                f"plugin {plugin.name!r} requires parameter {name!r}; set it in config or bindings",
+            )
+        )
     return problems
 
 
-def check(raw: Mapping[str, Any] | Pipeline, registry: Registry) -> tuple[Pipeline | None,
-                                                                          list[Problem]]:
+def check(
+    raw: Mapping[str, Any] | Pipeline, registry: Registry
+) -> tuple[Pipeline | None, list[Problem]]:
     """Every problem of a pipeline; the Pipeline when there are none."""
     pipeline, nodes, problems = parse(raw)
     problems += _graph_problems(nodes)
@@ -182,8 +213,12 @@ def validate(raw: Mapping[str, Any] | Pipeline, registry: Registry) -> Pipeline:
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-    "object": (dict,), "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
 }
 
 
@@ -194,8 +229,12 @@ def check_input(pipeline: Pipeline, run_input: Mapping[str, Any]) -> dict[str, A
     for name, spec in pipeline.input.items():
         if name not in out:
             if spec.required:
-                problems.append(Problem(f"input {name!r}", "required; pass it with --input "
-                                        f"{name}=... or in --input-file"))
+                problems.append(
+                    Problem(
+                        f"input {name!r}",
+                        f"required; pass it with --input {name}=... or in --input-file",
+                    )
+                )
             elif spec.default is not None:
                 out[name] = spec.default
             continue
@@ -213,5 +252,6 @@ def _type_problem(name: str, spec: InputField, value: Any) -> list[Problem]:
     ok = isinstance(value, allowed) and (spec.type == "boolean" or not is_bool)
     if ok:
         return []
-    return [Problem(f"input {name!r}", f"expected {spec.type}, got {type(value).__name__} "
-                    f"{value!r}")]
+    return [
+        Problem(f"input {name!r}", f"expected {spec.type}, got {type(value).__name__} {value!r}")
+    ]

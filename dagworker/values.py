@@ -18,7 +18,7 @@ def is_number(value: Any) -> bool:
 
 
 def typed_equal(a: Any, b: Any) -> bool:
-    """JSON equality that keeps types apart (bool vs number vs string), recursing into containers."""
+    """JSON equality keeping types apart (bool vs number vs string), recursing into containers."""
     if is_number(a) and is_number(b):
         return bool(a == b)
     if type(a) is not type(b):

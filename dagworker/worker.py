@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import time
 import logging
+import os
 import threading
+import time
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -119,9 +119,17 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     store = orchestrator().store
     name = getattr(sender, "hostname", None) or store.keys.prefix
     # Announce readiness (tests and `dagworker workers` wait on this instead of sleeping).
-    store.r.hset(store.keys.workers, name, json.dumps({
-        "ready_at": time.time(), "pid": os.getpid(), "plugins": registry.names(),
-    }))
+    store.r.hset(
+        store.keys.workers,
+        name,
+        json.dumps(
+            {
+                "ready_at": time.time(),
+                "pid": os.getpid(),
+                "plugins": registry.names(),
+            }
+        ),
+    )
     thread = threading.Thread(target=_reconcile_forever, name="dagworker-reconciler", daemon=True)
     thread.start()
 

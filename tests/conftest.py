@@ -99,32 +99,52 @@ class Deployment:
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWORKER_")}
-        env.update({
-            "DAGWORKER_REDIS_URL": self.settings.redis_url,
-            "DAGWORKER_KEY_PREFIX": self.prefix,
-            "DAGWORKER_PLUGINS": TEST_PLUGINS,
-            "DAGWORKER_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
-            "DAGWORKER_RECONCILE_INTERVAL": str(self.settings.reconcile_interval),
-            "DAGWORKER_PUBLISH_GRACE": str(self.settings.publish_grace),
-            "DAGWORKER_LOCK_TIMEOUT": str(self.settings.lock_timeout),
-            "PYTHONPATH": str(ROOT),
-        })
+        env.update(
+            {
+                "DAGWORKER_REDIS_URL": self.settings.redis_url,
+                "DAGWORKER_KEY_PREFIX": self.prefix,
+                "DAGWORKER_PLUGINS": TEST_PLUGINS,
+                "DAGWORKER_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
+                "DAGWORKER_RECONCILE_INTERVAL": str(self.settings.reconcile_interval),
+                "DAGWORKER_PUBLISH_GRACE": str(self.settings.publish_grace),
+                "DAGWORKER_LOCK_TIMEOUT": str(self.settings.lock_timeout),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            }
+        )
         env.update(self.extra_env)
         env.update(overrides)
         return env
 
-    def start_worker(self, queues: str | None = None, wait: bool = True,
-                     **env_overrides: str) -> WorkerProcess:
+    def start_worker(
+        self, queues: str | None = None, wait: bool = True, **env_overrides: str
+    ) -> WorkerProcess:
         name = f"w{len(self.workers) + 1}-{secrets.token_hex(2)}@{self.prefix}"
         log_path = self.tmp / f"{name}.log"
         cmd = [
-            sys.executable, "-m", "celery", "-A", "dagworker", "worker", "--pool=solo",
-            "-n", name, "--without-mingle", "--without-gossip", "--loglevel=INFO",
-            "-Q", queues or self.settings.default_queue,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dagworker",
+            "worker",
+            "--pool=solo",
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+            "-Q",
+            queues or self.settings.default_queue,
         ]
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(**env_overrides), stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=self.env(**env_overrides),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         worker = WorkerProcess(name, proc, log_path, self.redis, f"{self.prefix}:workers")
         self.workers.append(worker)
         if wait:
@@ -136,8 +156,9 @@ class Deployment:
 
     def calls(self, run_id: str) -> list[dict[str, Any]]:
         """What the test plugins recorded (each call: node, task, attempt, worker pid)."""
-        return [json.loads(x) for x in self.redis.lrange(f"{self.prefix}:test:calls:{run_id}",
-                                                          0, -1)]
+        return [
+            json.loads(x) for x in self.redis.lrange(f"{self.prefix}:test:calls:{run_id}", 0, -1)
+        ]
 
     def queue_length(self, queue: str | None = None) -> int:
         return int(self.redis.llen(f"{self.prefix}:kombu:{queue or self.settings.default_queue}"))
@@ -158,8 +179,15 @@ def make_deployment(tmp: Path, **settings: Any) -> Deployment:
     client = _redis_or_skip(REDIS_URL)
     os.environ["DAGWORKER_PLUGINS"] = TEST_PLUGINS
     prefix = f"dwtest-{secrets.token_hex(3)}"
-    base = dict(redis_url=REDIS_URL, key_prefix=prefix, reconcile_interval=2.0,
-                publish_grace=3.0, lock_timeout=5.0, visibility_timeout=3600.0)
+    base = dict(
+        redis_url=REDIS_URL,
+        key_prefix=prefix,
+        plugins=(TEST_PLUGINS,),
+        reconcile_interval=2.0,
+        publish_grace=3.0,
+        lock_timeout=5.0,
+        visibility_timeout=3600.0,
+    )
     base.update(settings)
     return Deployment(Settings(**base), tmp, client)
 

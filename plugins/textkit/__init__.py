@@ -20,7 +20,28 @@ _HEADING = re.compile(r"^=== (.+?) ===\s*$")
 _WORD = re.compile(r"[a-z']+")
 _SENTENCE_END = re.compile(r"[.!?]+")
 STOPWORDS = frozenset(
-    "the a of and to in is it that on was with as for by at from this be are".split()
+    [
+        "the",
+        "a",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "it",
+        "that",
+        "on",
+        "was",
+        "with",
+        "as",
+        "for",
+        "by",
+        "at",
+        "from",
+        "this",
+        "be",
+        "are",
+    ]
 )
 WORDS_PER_MINUTE = 230
 
@@ -33,15 +54,23 @@ def demo_pipeline_path() -> str:
     return str(resources.files("dagworker_textkit").joinpath("demo.yaml"))
 
 
-@plugin("split_corpus", description="Split a corpus file ('=== title ===' headings) into documents.")
-def split_corpus(ctx: TaskContext, path: str = "", max_docs: int = 10_000) -> Iterator[dict[str, Any]]:
+@plugin(
+    "split_corpus", description="Split a corpus file ('=== title ===' headings) into documents."
+)
+def split_corpus(
+    ctx: TaskContext, path: str = "", max_docs: int = 10_000
+) -> Iterator[dict[str, Any]]:
     source = Path(path or bundled_corpus())
     title: str | None = None
     lines: list[str] = []
     emitted = 0
 
     def document() -> dict[str, Any]:
-        return {"doc_id": f"doc-{emitted + 1:04d}", "title": title, "text": "\n".join(lines).strip()}
+        return {
+            "doc_id": f"doc-{emitted + 1:04d}",
+            "title": title,
+            "text": "\n".join(lines).strip(),
+        }
 
     with source.open(encoding="utf-8") as handle:
         for line in handle:
@@ -89,11 +118,15 @@ def aggregate_stats(ctx: TaskContext, top: int = 10) -> dict[str, Any]:
         "words": words,
         "sentences": sum(int(d.get("sentences", 0)) for d in docs),
         "keywords": [w for w, _ in totals.most_common(top)],
-        "longest": longest and {"doc_id": longest["doc_id"], "title": longest["title"],
-                                "words": longest["words"]},
+        "longest": longest
+        and {"doc_id": longest["doc_id"], "title": longest["title"], "words": longest["words"]},
         "per_document": [
-            {"doc_id": d["doc_id"], "title": d["title"], "words": d["words"],
-             "keywords": d["keywords"]}
+            {
+                "doc_id": d["doc_id"],
+                "title": d["title"],
+                "words": d["words"],
+                "keywords": d["keywords"],
+            }
             for d in docs
         ],
     }
@@ -106,16 +139,20 @@ def write_report(ctx: TaskContext, out_dir: str = "") -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / f"report-{ctx.run_id}.md"
     lines = [
-        f"# Corpus report ({ctx.pipeline}, run {ctx.run_id})", "",
+        f"# Corpus report ({ctx.pipeline}, run {ctx.run_id})",
+        "",
         f"- documents: {stats.get('documents', 0)}",
         f"- words: {stats.get('words', 0)}",
         f"- sentences: {stats.get('sentences', 0)}",
-        f"- top keywords: {', '.join(stats.get('keywords', []))}", "",
-        "| document | title | words | keywords |", "|---|---|---|---|",
+        f"- top keywords: {', '.join(stats.get('keywords', []))}",
+        "",
+        "| document | title | words | keywords |",
+        "|---|---|---|---|",
     ]
     for row in stats.get("per_document", []):
-        lines.append(f"| {row['doc_id']} | {row['title']} | {row['words']} | "
-                     f"{', '.join(row['keywords'])} |")
+        lines.append(
+            f"| {row['doc_id']} | {row['title']} | {row['words']} | {', '.join(row['keywords'])} |"
+        )
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / f"report-{ctx.run_id}.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     return {"path": str(report.resolve()), "documents": stats.get("documents", 0)}

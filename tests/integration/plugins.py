@@ -28,8 +28,14 @@ def _redis() -> redis.Redis:
 
 def note(ctx: TaskContext, **extra: Any) -> None:
     prefix = os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker")
-    entry = {"node": ctx.node, "task": ctx.task_index, "attempt": ctx.attempt,
-             "pid": os.getpid(), "at": time.time(), **extra}
+    entry = {
+        "node": ctx.node,
+        "task": ctx.task_index,
+        "attempt": ctx.attempt,
+        "pid": os.getpid(),
+        "at": time.time(),
+        **extra,
+    }
     _redis().rpush(f"{prefix}:test:calls:{ctx.run_id}", json.dumps(entry))
 
 
@@ -65,15 +71,19 @@ def t_double(ctx: TaskContext) -> dict[str, Any]:
 @plugin("t_sum")
 def t_sum(ctx: TaskContext, key: str = "double") -> dict[str, Any]:
     note(ctx, inputs={dep: len(arts) for dep, arts in ctx.inputs.items()})
-    return {"count": len(ctx.artifacts), "sum": sum(a.get(key, 0) for a in ctx.artifacts),
-            "per_dep": {dep: len(arts) for dep, arts in ctx.inputs.items()}}
+    return {
+        "count": len(ctx.artifacts),
+        "sum": sum(a.get(key, 0) for a in ctx.artifacts),
+        "per_dep": {dep: len(arts) for dep, arts in ctx.inputs.items()},
+    }
 
 
 @plugin("t_join")
 def t_join(ctx: TaskContext) -> dict[str, Any]:
     note(ctx)
-    return {"seen": sorted(n for arts in ctx.inputs.values() for a in arts
-                           for n in a.get("path", []))}
+    return {
+        "seen": sorted(n for arts in ctx.inputs.values() for a in arts for n in a.get("path", []))
+    }
 
 
 @plugin("t_fail")

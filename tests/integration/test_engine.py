@@ -24,8 +24,13 @@ def pipeline(name: str, *nodes: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def test_linear_chain_passes_artifacts_along(client: Client, fleet: Deployment) -> None:
     # Given a chain a -> b -> c -> d where each link appends its name
-    p = pipeline("chain", node("a", "t_append"), node("b", "t_append", "a"),
-                 node("c", "t_append", "b"), node("d", "t_append", "c"))
+    p = pipeline(
+        "chain",
+        node("a", "t_append"),
+        node("b", "t_append", "a"),
+        node("c", "t_append", "b"),
+        node("d", "t_append", "c"),
+    )
     # When it runs
     handle = client.submit(p)
     status = handle.wait(WAIT)
@@ -34,15 +39,23 @@ def test_linear_chain_passes_artifacts_along(client: Client, fleet: Deployment) 
     (last,) = handle.outputs("d")
     assert last["path"] == ["a", "b", "c", "d"]
     assert last["origin_seen"] == "a:0:0"
-    assert [c["node"] for c in sorted(fleet.calls(handle.id), key=lambda c: c["at"])] == \
-        ["a", "b", "c", "d"]
+    assert [c["node"] for c in sorted(fleet.calls(handle.id), key=lambda c: c["at"])] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
     assert all(n.state == "completed" and n.tasks == 1 for n in status.nodes.values())
 
 
 def test_diamond_join_runs_once_after_both_branches(client: Client, fleet: Deployment) -> None:
-    p = pipeline("diamond", node("a", "t_append"), node("b", "t_append", "a"),
-                 node("c", "t_append", "a"),
-                 node("d", "t_join", "b", "c", fan_mode="aggregate"))
+    p = pipeline(
+        "diamond",
+        node("a", "t_append"),
+        node("b", "t_append", "a"),
+        node("c", "t_append", "a"),
+        node("d", "t_join", "b", "c", fan_mode="aggregate"),
+    )
     handle = client.submit(p)
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
@@ -56,9 +69,12 @@ def test_diamond_join_runs_once_after_both_branches(client: Client, fleet: Deplo
 
 def test_fan_out_1000_into_aggregate(client: Client, fleet: Deployment) -> None:
     # Given a root emitting 1,000 artifacts, a single-mode node over them and an aggregate
-    p = pipeline("fan", node("src", "t_emit", config={"n": 1000}),
-                 node("each", "t_double", "src"),
-                 node("total", "t_sum", "each", fan_mode="aggregate"))
+    p = pipeline(
+        "fan",
+        node("src", "t_emit", config={"n": 1000}),
+        node("each", "t_double", "src"),
+        node("total", "t_sum", "each", fan_mode="aggregate"),
+    )
     handle = client.submit(p)
     status = handle.wait(WAIT * 2)
     assert status.status == "completed", status.error
@@ -71,15 +87,21 @@ def test_fan_out_1000_into_aggregate(client: Client, fleet: Deployment) -> None:
 
 
 def test_run_input_reaches_roots_with_schema_defaults(client: Client) -> None:
-    p = pipeline("inputs", node("a", "t_echo_input"), node("b", "t_echo_input"),
-                 input={"name": {"type": "string", "required": True},
-                        "size": {"type": "integer", "default": 3}})
+    p = pipeline(
+        "inputs",
+        node("a", "t_echo_input"),
+        node("b", "t_echo_input"),
+        input={
+            "name": {"type": "string", "required": True},
+            "size": {"type": "integer", "default": 3},
+        },
+    )
     handle = client.submit(p, {"name": "x"})
     assert handle.wait(WAIT).status == "completed"
     for slug in ("a", "b"):
         (out,) = handle.outputs(slug)
         assert out["input"] == {"name": "x", "size": 3}
-        assert out["origin"] is None     # a root task has no input origin
+        assert out["origin"] is None  # a root task has no input origin
 
 
 def test_async_plugin_runs(client: Client) -> None:
@@ -92,8 +114,12 @@ def test_completion_delivered_twice_dispatches_nothing_extra(
     client: Client, fleet: Deployment
 ) -> None:
     # Given a completed run a -> b(x3 fan-out) -> c(aggregate)
-    p = pipeline("dup", node("a", "t_emit", config={"n": 3}), node("b", "t_double", "a"),
-                 node("c", "t_sum", "b", fan_mode="aggregate"))
+    p = pipeline(
+        "dup",
+        node("a", "t_emit", config={"n": 3}),
+        node("b", "t_double", "a"),
+        node("c", "t_sum", "b", fan_mode="aggregate"),
+    )
     handle = client.submit(p)
     assert handle.wait(WAIT).status == "completed"
     before = handle.status()
@@ -101,13 +127,16 @@ def test_completion_delivered_twice_dispatches_nothing_extra(
     # When the message of an already-completed task is delivered again (same id, same attempt)
     app = client.orchestrator.publisher.app  # type: ignore[attr-defined]
     for index in range(3):
-        app.send_task(task_name("t_double"),
-                      kwargs={"run": handle.id, "node": "b", "task": index, "attempt": 1},
-                      task_id=task_id(handle.id, "b", index, 1),
-                      queue=fleet.settings.default_queue)
+        app.send_task(
+            task_name("t_double"),
+            kwargs={"run": handle.id, "node": "b", "task": index, "attempt": 1},
+            task_id=task_id(handle.id, "b", index, 1),
+            queue=fleet.settings.default_queue,
+        )
     # and the outcome of one is recorded a second time directly
-    dup = client.store.finish_task(handle.id, "b", 0, 1, "completed",
-                                   encoded_outputs=['{"o":null,"f":{"forged":true}}'])
+    dup = client.store.finish_task(
+        handle.id, "b", 0, 1, "completed", encoded_outputs=['{"o":null,"f":{"forged":true}}']
+    )
     # Then the store calls it a duplicate, and once the queue drained nothing changed
     assert dup.verdict == "duplicate" and not dup.settle
     _wait_queue_empty(fleet)
@@ -131,8 +160,11 @@ def _wait_queue_empty(fleet: Deployment) -> None:
 
 
 def test_failing_plugin_fails_its_task_not_the_worker(client: Client, fleet: Deployment) -> None:
-    p = pipeline("fails", node("a", "t_fail", config={"message": "bad input row 7"}),
-                 node("b", "t_append", "a"))
+    p = pipeline(
+        "fails",
+        node("a", "t_fail", config={"message": "bad input row 7"}),
+        node("b", "t_append", "a"),
+    )
     handle = client.submit(p)
     status = handle.wait(WAIT)
     assert status.status == "failed"
@@ -142,8 +174,7 @@ def test_failing_plugin_fails_its_task_not_the_worker(client: Client, fleet: Dep
     assert "RuntimeError: bad input row 7" in task["error"] and "Traceback" in task["traceback"]
     # the workers are still alive and serving
     assert all(w.proc.poll() is None for w in fleet.workers)
-    assert client.submit(pipeline("after", node("x", "t_append"))).wait(WAIT).status == \
-        "completed"
+    assert client.submit(pipeline("after", node("x", "t_append"))).wait(WAIT).status == "completed"
 
 
 def test_non_json_output_fails_the_task_clearly(client: Client) -> None:
@@ -154,8 +185,12 @@ def test_non_json_output_fails_the_task_clearly(client: Client) -> None:
 
 
 def test_empty_input_to_single_node_is_filtered_and_run_completes(client: Client) -> None:
-    p = pipeline("empty", node("a", "t_emit", config={"n": 0}), node("b", "t_double", "a"),
-                 node("c", "t_sum", "b", fan_mode="aggregate"))
+    p = pipeline(
+        "empty",
+        node("a", "t_emit", config={"n": 0}),
+        node("b", "t_double", "a"),
+        node("c", "t_sum", "b", fan_mode="aggregate"),
+    )
     status = client.submit(p).wait(WAIT)
     assert status.status == "completed"
     assert status.nodes["b"].state == NodeState.FILTERED.value
@@ -172,9 +207,12 @@ INVALID = {
     "unknown parameter": pipeline("bad", node("a", "t_append", config={"stepp": "x"})),
     "bad retry": pipeline("bad", node("a", "t_append", retry={"max_attempts": 0})),
     "bad timeout": pipeline("bad", node("a", "t_append", timeout_s=-1)),
-    "filter on non-dependency": pipeline("bad", node("a", "t_append"), node("b", "t_append"),
-                                         node("c", "t_append", "a", edge_filters={
-                                             "b": {"rules": [{"field": "x", "op": "exists"}]}})),
+    "filter on non-dependency": pipeline(
+        "bad",
+        node("a", "t_append"),
+        node("b", "t_append"),
+        node("c", "t_append", "a", edge_filters={"b": {"rules": [{"field": "x", "op": "exists"}]}}),
+    ),
     "bad expression": pipeline("bad", node("a", "t_append", bindings={"step": "{input.x | "})),
     "unknown namespace": pipeline("bad", node("a", "t_append", bindings={"step": "{inptu.x}"})),
 }
@@ -194,8 +232,12 @@ def test_invalid_pipeline_is_refused_before_any_task_is_sent(
 
 
 def test_validation_reports_every_problem_at_once(client: Client) -> None:
-    bad = pipeline("bad", node("a", "t_apend", dependson=[]), node("b", "t_append", "zz"),
-                   node("b", "t_required"))
+    bad = pipeline(
+        "bad",
+        node("a", "t_apend", dependson=[]),
+        node("b", "t_append", "zz"),
+        node("b", "t_required"),
+    )
     with pytest.raises(PipelineInvalid) as info:
         client.submit(bad)
     text = str(info.value)
@@ -205,8 +247,9 @@ def test_validation_reports_every_problem_at_once(client: Client) -> None:
 
 
 def test_invalid_run_input_is_refused(client: Client) -> None:
-    p = pipeline("typed", node("a", "t_echo_input"),
-                 input={"n": {"type": "integer", "required": True}})
+    p = pipeline(
+        "typed", node("a", "t_echo_input"), input={"n": {"type": "integer", "required": True}}
+    )
     with pytest.raises(PipelineInvalid, match="input 'n'"):
         client.submit(p, {})
     with pytest.raises(PipelineInvalid, match="expected integer"):

@@ -127,8 +127,13 @@ def test_run_transitions_follow_the_table() -> None:
 
 
 def test_settings_from_env_and_bad_values() -> None:
-    s = Settings.from_env({"DAGWORKER_KEY_PREFIX": "prod", "DAGWORKER_PLUGINS": "a.b, c",
-                           "DAGWORKER_LOCK_TIMEOUT": "2.5"})
+    s = Settings.from_env(
+        {
+            "DAGWORKER_KEY_PREFIX": "prod",
+            "DAGWORKER_PLUGINS": "a.b, c",
+            "DAGWORKER_LOCK_TIMEOUT": "2.5",
+        }
+    )
     assert s.key_prefix == "prod" and s.plugins == ("a.b", "c") and s.lock_timeout == 2.5
     assert s.effective_broker_url == s.redis_url
     with pytest.raises(ConfigError, match="DAGWORKER_LOCK_TIMEOUT"):
