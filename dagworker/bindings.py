@@ -20,7 +20,7 @@ from dagworker.pipeline import ConditionalBinding, Node
 @dataclass(frozen=True)
 class CompiledBinding:
     param: str
-    value: Template | Any          # a Template, or a literal JSON value
+    value: Template | Any  # a Template, or a literal JSON value
     when: Template | None = None
 
     def render(self, scope: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -36,8 +36,9 @@ def compile_bindings(node: Node) -> tuple[CompiledBinding, ...]:
     out = []
     for param, binding in node.bindings.items():
         if isinstance(binding, ConditionalBinding):
-            value = parse_template(binding.value) if isinstance(binding.value, str) else \
-                binding.value
+            value = (
+                parse_template(binding.value) if isinstance(binding.value, str) else binding.value
+            )
             out.append(CompiledBinding(param, value, parse_template(binding.when)))
         elif isinstance(binding, str):
             out.append(CompiledBinding(param, parse_template(binding)))
@@ -47,19 +48,28 @@ def compile_bindings(node: Node) -> tuple[CompiledBinding, ...]:
 
 
 def task_scope(
-    node: Node, inputs: Mapping[str, Sequence[Mapping[str, Any]]], run_input: Mapping[str, Any],
-    run_id: str, pipeline: str, index: int,
+    node: Node,
+    inputs: Mapping[str, Sequence[Mapping[str, Any]]],
+    run_input: Mapping[str, Any],
+    run_id: str,
+    pipeline: str,
+    index: int,
 ) -> dict[str, Any]:
     scope: dict[str, Any] = {dep: list(inputs.get(dep, ())) for dep in node.depends_on}
-    scope.update({
-        "input": dict(run_input), "config": dict(node.config),
-        "run": {"id": run_id, "pipeline": pipeline}, "task": {"index": index},
-    })
+    scope.update(
+        {
+            "input": dict(run_input),
+            "config": dict(node.config),
+            "run": {"id": run_id, "pipeline": pipeline},
+            "task": {"index": index},
+        }
+    )
     return scope
 
 
-def evaluate(node: Node, compiled: Sequence[CompiledBinding], scope: Mapping[str, Any]
-             ) -> dict[str, Any]:
+def evaluate(
+    node: Node, compiled: Sequence[CompiledBinding], scope: Mapping[str, Any]
+) -> dict[str, Any]:
     """The keyword arguments for one task; a data error names the node and the binding."""
     kwargs: dict[str, Any] = {}
     for binding in compiled:

@@ -30,6 +30,11 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def due(self) -> str:
+        """Sorted set: ``run|slug|index|attempt`` -> due time, for retries waiting to be sent."""
+        return f"{self.prefix}:due"
+
+    @property
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler:lock"
 
@@ -56,6 +61,10 @@ class Keys:
     def task(self, run_id: str, slug: str, index: int) -> str:
         """Hash: state, attempt, spec (decided inputs), timestamps, worker, error, outputs."""
         return f"{self.prefix}:run:{{{run_id}}}:task:{slug}:{index}"
+
+    def history(self, run_id: str, slug: str, index: int) -> str:
+        """List: one JSON entry per finished attempt (times, worker, outcome, error)."""
+        return f"{self.prefix}:run:{{{run_id}}}:hist:{slug}:{index}"
 
     def outputs(self, run_id: str, slug: str, index: int) -> str:
         """List: the committed artifacts of one task, in emission order."""

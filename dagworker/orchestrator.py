@@ -24,21 +24,17 @@ import logging
 import secrets
 import socket
 import time
-import traceback as tb
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dagworker.artifact import Artifact, artifact_id
-from dagworker.context import TaskContext
+from dagworker.artifact import Artifact
 from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
 from dagworker.errors import (
     DagworkerError,
     ExpressionError,
-    ExpressionEvalError,
     LimitExceeded,
-    RunNotFound,
 )
 from dagworker.graph import Graph
 from dagworker.pipeline import FanMode, Node, Pipeline
@@ -46,7 +42,7 @@ from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans
 from dagworker.settlement import NodeOutcome, decide
 from dagworker.states import NodeState, RunState
-from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, Store, encode_artifact, now
+from dagworker.store import Store, now
 
 log = logging.getLogger("dagworker.orchestrator")
 
@@ -85,7 +81,11 @@ class _RunCache:
             run_input = json.loads(store.run(run_id).get("input") or "{}")
             graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
             item = Compiled(
-                run_id, pipeline, graph, {n.slug: n for n in pipeline.nodes}, run_input,
+                run_id,
+                pipeline,
+                graph,
+                {n.slug: n for n in pipeline.nodes},
+                run_input,
                 {n.slug: compile_bindings(n) for n in pipeline.nodes},
             )
             self._items[run_id] = item
@@ -353,137 +353,8 @@ class Orchestrator:
                 return f"task {index}: {error}"
         return ""
 
-    # -- executing ----------------------------------------------------------------------------
-
     def execute(self, run_id: str, slug: str, index: int, attempt: int) -> str:
-        """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
-        store = self.store
-        try:
-            begin = store.begin_task(run_id, slug, index, attempt, self.hostname)
-        except RunNotFound:
-            return "missing"
-        if begin.verdict == "finished":
-            # Redelivered after its outcome was recorded: only make sure orchestration ran.
-            self.advance(run_id)
-            return "duplicate"
-        if begin.verdict in ("stale", "missing"):
-            return begin.verdict
-        if begin.verdict == "inactive":
-            finish = store.finish_task(
-                run_id, slug, index, attempt, "cancelled", error=f"run is {begin.state}"
-            )
-            self._after(run_id, finish.settle)
-            return "cancelled"
-        c = self.compiled(run_id)
-        node = c.nodes[slug]
-        staged: str | None = None
-        try:
-            if "err" in begin.spec:
-                raise ExpressionEvalError(begin.spec["err"])
-            plugin = self.registry.get(node.plugin)
-            ctx = self._context(c, node, index, attempt, begin.spec)
-            kwargs = {**node.config, **begin.spec.get("b", {})}
-            encoded, staged, count = self._run_plugin(c, node, plugin, ctx, kwargs, begin.spec)
-        except Exception as exc:  # a failing plugin fails its task, never the worker
-            if staged:
-                store.r.delete(staged)
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "run %s node %s task %s attempt %s failed: %s", run_id, slug, index, attempt, error
-            )
-            finish = store.finish_task(
-                run_id,
-                slug,
-                index,
-                attempt,
-                "failed",
-                error=error,
-                traceback=tb.format_exc(limit=20),
-            )
-            self._after(run_id, finish.settle)
-            return "failed"
-        finish = store.finish_task(
-            run_id,
-            slug,
-            index,
-            attempt,
-            "completed",
-            encoded_outputs=encoded,
-            staged_key=staged,
-            staged_count=count,
-        )
-        self._after(run_id, finish.settle or finish.verdict == "duplicate")
-        return "completed" if finish.verdict == "recorded" else finish.verdict
+        """Run one delivery of a task attempt (see ``dagworker.execution``)."""
+        from dagworker.execution import execute
 
-    def _after(self, run_id: str, settle: bool) -> None:
-        if settle:
-            self.advance(run_id)
-
-    def _context(
-        self, c: Compiled, node: Node, index: int, attempt: int, spec: Mapping[str, Any]
-    ) -> TaskContext:
-        ids = [aid for dep in node.depends_on for aid in spec.get("in", {}).get(dep, [])]
-        fetched = {a.id: a for a in self.store.fetch_artifacts(c.run_id, ids)} if ids else {}
-        inputs = {
-            dep: [fetched[aid].fields for aid in spec.get("in", {}).get(dep, [])]
-            for dep in node.depends_on
-        }
-        artifacts = [fetched[aid].fields for aid in ids]
-        single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1
-        return TaskContext(
-            run_id=c.run_id,
-            pipeline=c.pipeline.name,
-            node=node.slug,
-            task_index=index,
-            attempt=attempt,
-            origin=spec.get("o"),
-            artifact=artifacts[0] if single else None,
-            artifacts=artifacts,
-            inputs=inputs,
-            config=dict(node.config),
-            input=c.run_input,
-            logger=logging.getLogger(f"dagworker.plugin.{node.plugin}"),
-        )
-
-    def _run_plugin(
-        self,
-        c: Compiled,
-        node: Node,
-        plugin: Plugin,
-        ctx: TaskContext,
-        kwargs: Mapping[str, Any],
-        spec: Mapping[str, Any],
-    ) -> tuple[list[str], str | None, int]:
-        """Stream the plugin's outputs: inline when few, else staged in chunks in Redis."""
-        settings = self.store.settings
-        root = bool(spec.get("root"))
-        origin = None if spec.get("agg") else spec.get("o")
-        encoded: list[str] = []
-        staged: str | None = None
-        count = 0
-        for k, fields in enumerate(plugin.iter_outputs(ctx, kwargs)):
-            count = k + 1
-            if count > settings.max_artifacts_per_task:
-                raise LimitExceeded(
-                    "DAGWORKER_MAX_ARTIFACTS_PER_TASK", count, settings.max_artifacts_per_task
-                )
-            own = artifact_id(node.slug, ctx.task_index, k) if root else origin
-            item = encode_artifact(own, fields)
-            if len(item) > settings.max_artifact_bytes:
-                raise LimitExceeded(
-                    "DAGWORKER_MAX_ARTIFACT_BYTES", len(item), settings.max_artifact_bytes
-                )
-            encoded.append(item)
-            if count > INLINE_OUTPUTS and len(encoded) >= STAGE_CHUNK:
-                # Many outputs (a streamed fan-out): hold them in Redis, not in worker memory.
-                staged = staged or self._staging_key(c.run_id, node.slug, ctx.task_index)
-                self.store.stage_outputs(staged, encoded)
-                encoded = []
-        if count > INLINE_OUTPUTS:
-            staged = staged or self._staging_key(c.run_id, node.slug, ctx.task_index)
-            self.store.stage_outputs(staged, encoded)
-            return [], staged, count
-        return encoded, None, count
-
-    def _staging_key(self, run_id: str, slug: str, index: int) -> str:
-        return self.store.keys.staging(run_id, slug, index, secrets.token_hex(6))
+        return execute(self, run_id, slug, index, attempt)

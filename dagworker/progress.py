@@ -50,7 +50,11 @@ def render_status(status: RunStatus) -> Group:
         f"  tasks {status.tasks_done}/{status.tasks_total}",
     )
     total = max(status.tasks_total, 1)
-    bar = ProgressBar(total=total, completed=status.tasks_done, width=60)
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=total, completed=status.tasks_done, width=50),
+        f"{100 * status.tasks_done // total}%",
+    )
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("node", "state", "tasks", "done", "failed", "started", "finished"):
         table.add_column(col, justify="right" if col in ("tasks", "done", "failed") else "left")
@@ -64,7 +68,7 @@ def render_status(status: RunStatus) -> Group:
             _when(node.started_at),
             _when(node.finished_at),
         )
-    parts: list[Text | Table | ProgressBar] = [head, bar, table]
+    parts: list[Text | Table] = [head, bar, table]
     if status.error:
         parts.append(Text(f"error: {status.error}", style="red"))
     return Group(*parts)

@@ -73,6 +73,27 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
         orch.advance(run_id)
 
 
+#: A poller that claimed a due retry has this long to publish it before another one may.
+DUE_LEASE_S = 30.0
+
+
+def publish_due_retries(orch: Orchestrator, limit: int = 100) -> int:
+    """Send the retries whose backoff has elapsed; returns how many were sent."""
+    store = orch.store
+    sent = 0
+    for run_id, slug, index, attempt in store.claim_due(DUE_LEASE_S, limit):
+        try:
+            c = orch.compiled(run_id)
+            node = c.nodes[slug]
+            orch.publisher.publish(run_id, node, orch.registry.get(node.plugin), [(index, attempt)])
+        except Exception:
+            log.exception("run %s node %s task %s: retry could not be sent", run_id, slug, index)
+            continue
+        store.unschedule(run_id, slug, index, attempt)
+        sent += 1
+    return sent
+
+
 def try_reconcile(orch: Orchestrator, interval: float) -> Repairs | None:
     """Run a pass if no other worker ran one in the last ``interval`` seconds."""
     store = orch.store

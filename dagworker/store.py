@@ -72,7 +72,15 @@ class Store:
         self.keys = Keys(settings.key_prefix)
         self._scripts = {
             name: client.register_script(_lua(name))
-            for name in ("commit", "launch_batch", "finish_launch", "begin_task", "finish_task")
+            for name in (
+                "commit",
+                "launch_batch",
+                "finish_launch",
+                "begin_task",
+                "finish_task",
+                "retry_task",
+                "claim_due",
+            )
         }
 
     @classmethod
@@ -257,6 +265,7 @@ class Store:
                 k.counts(run_id, slug),
                 staging,
                 k.settle(run_id),
+                k.history(run_id, slug, index),
             ],
             args=[
                 attempt,
@@ -272,6 +281,42 @@ class Store:
             ],
         )
         return TaskFinish(verdict, bool(settle))
+
+    def retry_task(
+        self,
+        run_id: str,
+        slug: str,
+        index: int,
+        attempt: int,
+        delay: float,
+        error: str,
+        traceback: str,
+    ) -> bool:
+        at = now()
+        member = f"{run_id}|{slug}|{index}|{attempt + 1}"
+        done = self._scripts["retry_task"](
+            keys=[
+                self.keys.task(run_id, slug, index),
+                self.keys.history(run_id, slug, index),
+                self.keys.due,
+            ],
+            args=[attempt, at, at + delay, member, error, traceback],
+        )
+        return bool(done)
+
+    def claim_due(self, lease: float, limit: int = 100) -> list[tuple[str, str, int, int]]:
+        members = self._scripts["claim_due"](keys=[self.keys.due], args=[now(), lease, limit])
+        out = []
+        for member in members:
+            run_id, slug, index, attempt = member.rsplit("|", 3)
+            out.append((run_id, slug, int(index), int(attempt)))
+        return out
+
+    def unschedule(self, run_id: str, slug: str, index: int, attempt: int) -> None:
+        self.r.zrem(self.keys.due, f"{run_id}|{slug}|{index}|{attempt}")
+
+    def history(self, run_id: str, slug: str, index: int) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.r.lrange(self.keys.history(run_id, slug, index), 0, -1)]
 
     def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))

@@ -18,9 +18,11 @@ from dagworker.plugin import Plugin
 log = logging.getLogger("dagworker.tasks")
 
 PLUGIN_TASK_PREFIX = "dagworker.plugin."
-#: The soft limit fires this much before the hard one so the attempt can be recorded as a
-#: timeout instead of the process being killed.
-SOFT_LIMIT_MARGIN = 0.95
+#: dagworker raises its own timeout inside the plugin at ``timeout_s`` (any pool whose tasks
+#: run in a main thread: prefork, solo). Celery's hard limit, which kills the process (prefork
+#: only), is set this much later, for a plugin that swallows the timeout.
+HARD_LIMIT_FACTOR = 1.1
+HARD_LIMIT_MIN_EXTRA_S = 5.0
 
 
 def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
@@ -45,7 +47,9 @@ class CeleryPublisher:
         timeout = node.timeout_s or plugin.timeout_s
         limits: dict[str, Any] = {}
         if timeout:
-            limits = {"time_limit": timeout, "soft_time_limit": timeout * SOFT_LIMIT_MARGIN}
+            limits = {
+                "time_limit": max(timeout * HARD_LIMIT_FACTOR, timeout + HARD_LIMIT_MIN_EXTRA_S)
+            }
         with self.app.producer_or_acquire() as producer:
             for index, attempt in tasks:
                 self.app.send_task(

@@ -24,7 +24,7 @@ from celery import Celery, signals
 from dagworker.errors import PluginLoadError
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
-from dagworker.reconciler import try_reconcile
+from dagworker.reconciler import publish_due_retries, try_reconcile
 from dagworker.settings import Settings
 from dagworker.store import Store
 from dagworker.tasks import CeleryPublisher, register_plugin_task
@@ -130,7 +130,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             }
         ),
     )
-    thread = threading.Thread(target=_reconcile_forever, name="dagworker-reconciler", daemon=True)
+    thread = threading.Thread(target=_background_loop, name="dagworker-background", daemon=True)
     thread.start()
 
 
@@ -142,10 +142,20 @@ def _on_shutdown(**_: Any) -> None:
     _stop.set()
 
 
-def _reconcile_forever() -> None:
+#: How often a worker looks for retries whose backoff has elapsed.
+DUE_POLL_S = 0.25
+
+
+def _background_loop() -> None:
+    """Send due retries every DUE_POLL_S; try a reconciler pass every reconcile interval."""
     interval = settings.reconcile_interval
-    while not _stop.wait(interval):
+    next_pass = time.monotonic() + interval
+    while not _stop.wait(DUE_POLL_S):
         try:
-            try_reconcile(orchestrator(), interval)
+            orch = orchestrator()
+            publish_due_retries(orch)
+            if time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + interval
+                try_reconcile(orch, interval)
         except Exception:  # keep the loop alive across Redis hiccups
-            log.exception("reconciler pass failed")
+            log.exception("background pass failed")

@@ -108,7 +108,9 @@ class Deployment:
                 "DAGWORKER_RECONCILE_INTERVAL": str(self.settings.reconcile_interval),
                 "DAGWORKER_PUBLISH_GRACE": str(self.settings.publish_grace),
                 "DAGWORKER_LOCK_TIMEOUT": str(self.settings.lock_timeout),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                ),
             }
         )
         env.update(self.extra_env)

@@ -116,3 +116,12 @@ async def t_async(ctx: TaskContext, value: int = 1) -> dict[str, Any]:
 def t_required(ctx: TaskContext, needed: str) -> dict[str, Any]:
     note(ctx)
     return {"needed": needed}
+
+
+@plugin("t_flaky")
+def t_flaky(ctx: TaskContext, succeed_on: int = 3) -> dict[str, Any]:
+    """Fail until attempt ``succeed_on``."""
+    note(ctx)
+    if ctx.attempt < succeed_on:
+        raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
+    return {"attempt": ctx.attempt}

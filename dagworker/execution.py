@@ -1,0 +1,254 @@
+"""Running one delivery of a task attempt: decide whether to run, build the context, call the
+plugin under its time limit, store its outputs, then record the outcome (or schedule a retry).
+
+A failing plugin fails its task, never the worker: every exception a plugin raises becomes the
+attempt's recorded error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import signal
+import threading
+import traceback as tb
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dagworker.artifact import artifact_id
+from dagworker.context import TaskContext
+from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
+from dagworker.pipeline import FanMode, Node, Retry
+from dagworker.plugin import Plugin
+from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, encode_artifact
+
+if TYPE_CHECKING:
+    from dagworker.orchestrator import Compiled, Orchestrator
+
+log = logging.getLogger("dagworker.execution")
+
+
+class TaskTimeout(DagworkerError):
+    """Raised inside a plugin when its node's ``timeout_s`` runs out."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    jitter: bool = True
+
+    @classmethod
+    def for_node(cls, node: Node, plugin: Plugin | None) -> RetryPolicy:
+        """The node's ``retry`` wins over the plugin's default; without either, one attempt."""
+        if node.retry is not None:
+            return cls(**node.retry.model_dump())
+        if plugin is not None and plugin.retry:
+            return cls(**Retry(**plugin.retry).model_dump())
+        return cls()
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds before attempt ``attempt + 1``: exponential, capped, with "equal jitter"."""
+        raw = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
+        if not self.jitter:
+            return raw
+        return raw / 2 + (rng or random).uniform(0, raw / 2)
+
+
+@contextmanager
+def time_limit(seconds: float | None, node: str) -> Iterator[None]:
+    """Raise TaskTimeout in the plugin after ``seconds`` (SIGALRM; main thread only).
+
+    Celery's own soft limit does not exist in the solo pool, so dagworker sets its own timer;
+    the hard ``time_limit`` given to Celery (prefork) still kills a plugin that swallows it.
+    """
+    usable = seconds and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TaskTimeout(f"node {node!r} timed out after {seconds:g}s (timeout_s)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int) -> str:
+    """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
+    store = orch.store
+    try:
+        begin = store.begin_task(run_id, slug, index, attempt, orch.hostname)
+    except RunNotFound:
+        return "missing"
+    if begin.verdict == "finished":
+        # Redelivered after its outcome was recorded: only make sure orchestration ran.
+        orch.advance(run_id)
+        return "duplicate"
+    if begin.verdict in ("stale", "missing"):
+        return begin.verdict
+    if begin.verdict == "inactive":
+        finish = store.finish_task(
+            run_id, slug, index, attempt, "cancelled", error=f"run is {begin.state}"
+        )
+        if finish.settle:
+            orch.advance(run_id)
+        return "cancelled"
+    c = orch.compiled(run_id)
+    node = c.nodes[slug]
+    plugin: Plugin | None = None
+    try:
+        if "err" in begin.spec:
+            raise ExpressionEvalError(begin.spec["err"])
+        plugin = orch.registry.get(node.plugin)
+        ctx = _context(orch, c, node, index, attempt, begin.spec)
+        kwargs = {**node.config, **begin.spec.get("b", {})}
+        timeout = node.timeout_s or plugin.timeout_s
+        with time_limit(timeout, slug):
+            encoded, staged, count = _run_plugin(orch, c, node, plugin, ctx, kwargs, begin.spec)
+    except Exception as exc:  # a failing plugin fails its task, never the worker
+        return _failed(orch, c, node, plugin, index, attempt, exc)
+    finish = store.finish_task(
+        run_id,
+        slug,
+        index,
+        attempt,
+        "completed",
+        encoded_outputs=encoded,
+        staged_key=staged,
+        staged_count=count,
+    )
+    if finish.settle or finish.verdict == "duplicate":
+        orch.advance(run_id)
+    return "completed" if finish.verdict == "recorded" else finish.verdict
+
+
+def _failed(
+    orch: Orchestrator,
+    c: Compiled,
+    node: Node,
+    plugin: Plugin | None,
+    index: int,
+    attempt: int,
+    exc: BaseException,
+) -> str:
+    error = str(exc) if isinstance(exc, TaskTimeout) else f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "SoftTimeLimitExceeded":
+        error = f"node {node.slug!r} timed out (Celery soft time limit)"
+    trace = tb.format_exc(limit=20)
+    log.warning(
+        "run %s node %s task %s attempt %s failed: %s", c.run_id, node.slug, index, attempt, error
+    )
+    policy = RetryPolicy.for_node(node, plugin)
+    if attempt < policy.max_attempts and not isinstance(exc, ExpressionEvalError):
+        delay = policy.delay(attempt)
+        if orch.store.retry_task(c.run_id, node.slug, index, attempt, delay, error, trace):
+            log.info(
+                "run %s node %s task %s: attempt %d in %.2fs",
+                c.run_id,
+                node.slug,
+                index,
+                attempt + 1,
+                delay,
+            )
+            return "retrying"
+    finish = orch.store.finish_task(
+        c.run_id, node.slug, index, attempt, "failed", error=error, traceback=trace
+    )
+    if finish.settle:
+        orch.advance(c.run_id)
+    return "failed"
+
+
+def _context(
+    orch: Orchestrator,
+    c: Compiled,
+    node: Node,
+    index: int,
+    attempt: int,
+    spec: Mapping[str, Any],
+) -> TaskContext:
+    wanted = spec.get("in", {})
+    ids = [aid for dep in node.depends_on for aid in wanted.get(dep, [])]
+    fetched = {a.id: a for a in orch.store.fetch_artifacts(c.run_id, ids)} if ids else {}
+    inputs = {dep: [fetched[aid].fields for aid in wanted.get(dep, [])] for dep in node.depends_on}
+    artifacts = [fetched[aid].fields for aid in ids]
+    single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1
+    return TaskContext(
+        run_id=c.run_id,
+        pipeline=c.pipeline.name,
+        node=node.slug,
+        task_index=index,
+        attempt=attempt,
+        origin=spec.get("o"),
+        artifact=artifacts[0] if single else None,
+        artifacts=artifacts,
+        inputs=inputs,
+        config=dict(node.config),
+        input=c.run_input,
+        logger=logging.getLogger(f"dagworker.plugin.{node.plugin}"),
+    )
+
+
+def _run_plugin(
+    orch: Orchestrator,
+    c: Compiled,
+    node: Node,
+    plugin: Plugin,
+    ctx: TaskContext,
+    kwargs: Mapping[str, Any],
+    spec: Mapping[str, Any],
+) -> tuple[list[str], str | None, int]:
+    """Stream the plugin's outputs: inline when few, else staged in chunks in Redis.
+
+    Origins are assigned here, by the engine (DESIGN §4.3): a root task's artifacts are their
+    own origin, an aggregate task's are broadcast (None), others inherit the task's origin.
+    """
+    store, settings = orch.store, orch.store.settings
+    root = bool(spec.get("root"))
+    origin = None if spec.get("agg") else spec.get("o")
+    encoded: list[str] = []
+    staged: str | None = None
+    count = 0
+    try:
+        for k, fields in enumerate(plugin.iter_outputs(ctx, kwargs)):
+            count = k + 1
+            if count > settings.max_artifacts_per_task:
+                raise LimitExceeded(
+                    "DAGWORKER_MAX_ARTIFACTS_PER_TASK", count, settings.max_artifacts_per_task
+                )
+            item = encode_artifact(
+                artifact_id(node.slug, ctx.task_index, k) if root else origin, fields
+            )
+            if len(item) > settings.max_artifact_bytes:
+                raise LimitExceeded(
+                    "DAGWORKER_MAX_ARTIFACT_BYTES", len(item), settings.max_artifact_bytes
+                )
+            encoded.append(item)
+            if count > INLINE_OUTPUTS and len(encoded) >= STAGE_CHUNK:
+                # Many outputs (a streamed fan-out): hold them in Redis, not in worker memory.
+                staged = staged or store.keys.staging(
+                    c.run_id, node.slug, ctx.task_index, secrets.token_hex(6)
+                )
+                store.stage_outputs(staged, encoded)
+                encoded = []
+        if count > INLINE_OUTPUTS:
+            staged = staged or store.keys.staging(
+                c.run_id, node.slug, ctx.task_index, secrets.token_hex(6)
+            )
+            store.stage_outputs(staged, encoded)
+            return [], staged, count
+    except BaseException:
+        if staged:
+            store.r.delete(staged)
+        raise
+    return encoded, None, count
