@@ -37,12 +37,12 @@ from dagworker.errors import (
     LimitExceeded,
 )
 from dagworker.graph import Graph
-from dagworker.pipeline import FanMode, Node, Pipeline
+from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans
 from dagworker.settlement import NodeOutcome, decide
 from dagworker.states import NodeState, RunState
-from dagworker.store import Store, now
+from dagworker.store import LazyMap, Store, now
 
 log = logging.getLogger("dagworker.orchestrator")
 
@@ -67,6 +67,7 @@ class Compiled:
     nodes: dict[str, Node]
     run_input: dict[str, Any]
     bindings: dict[str, tuple[CompiledBinding, ...]]
+    policies: dict[str, OnFailure]
 
 
 class _RunCache:
@@ -87,6 +88,7 @@ class _RunCache:
                 {n.slug: n for n in pipeline.nodes},
                 run_input,
                 {n.slug: compile_bindings(n) for n in pipeline.nodes},
+                {n.slug: n.on_failure for n in pipeline.nodes},
             )
             self._items[run_id] = item
             if len(self._items) > self.size:
@@ -288,9 +290,16 @@ class Orchestrator:
         self, c: Compiled, run: Mapping[str, str], pending: set[str]
     ) -> tuple[list[tuple[Any, ...]], Any]:
         store, k = self.store, self.store.keys
-        raw = store.nodes(c.run_id)
-        states = {s: NodeState(raw[s]) for s in c.nodes}
-        waits = {s: int(raw.get(f"{s}:wait", 0)) for s in c.nodes}
+        # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
+        # skip cascades): the cost follows the work caused, not the size of the graph.
+        near = set(pending)
+        for slug in pending:
+            for succ in c.graph.successors[slug]:
+                near.add(succ)
+                near.update(c.graph.predecessors[succ])
+        raw = store.node_fields(c.run_id, [*near, *(f"{s}:wait" for s in near)])
+        states = LazyMap(raw, NodeState)
+        waits = LazyMap(raw, int, suffix=":wait")
         counters = store.node_counters(c.run_id, sorted(pending))
         outcomes = {
             s: NodeOutcome(
@@ -307,13 +316,13 @@ class Orchestrator:
                 errors[s] = self._first_error(c.run_id, s, outcomes[s].tasks)
         decision = decide(
             c.graph,
-            {s: n.on_failure for s, n in c.nodes.items()},
+            c.policies,
             states,
             waits,
             outcomes,
             RunState(run["status"]),
             int(run.get("nodes_settled") or 0),
-            run.get("any_failed") == "1",
+            json.loads(run.get("failed_nodes") or "[]"),
             errors,
         )
         at = now()
@@ -324,8 +333,9 @@ class Orchestrator:
                 ops += self._claim_ops(c.run_id, slug, at)[1:]
             else:
                 ops.append((k.node(c.run_id, slug), "hset", "finished_at", at))
-            if state is NodeState.FAILED:
-                ops.append((k.run(c.run_id), "hset", "any_failed", "1"))
+
+        if any(st is NodeState.FAILED for st in decision.states.values()):
+            ops.append((k.run(c.run_id), "hset", "failed_nodes", json.dumps(decision.failed)))
         for slug, wait in decision.waits.items():
             ops.append((k.nodes(c.run_id), "hset", f"{slug}:wait", wait))
         if decision.settled:

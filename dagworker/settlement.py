@@ -9,7 +9,7 @@ size of the graph.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dagworker.graph import Graph
@@ -52,25 +52,33 @@ def decide(
     outcomes: Mapping[str, NodeOutcome],
     run_state: RunState,
     settled_before: int,
-    failed_before: bool,
+    failed_before: Sequence[str] = (),
     errors: Mapping[str, str] | None = None,
 ) -> Decision:
-    """Settle ``outcomes`` (slug -> counters). Nodes already settled are ignored (idempotent)."""
+    """Settle ``outcomes`` (slug -> counters). Nodes already settled are ignored (idempotent).
+
+    ``states`` and ``waits`` are only looked up, never iterated, so a caller may pass lazy
+    mappings that read the neighbourhood of the settling nodes only.
+    """
     decision = Decision()
-    current = dict(states)
+    changed: dict[str, NodeState] = {}
+
+    def state(slug: str) -> NodeState:
+        return changed.get(slug) or states[slug]
+
     work: list[tuple[str, NodeState]] = [
         (slug, outcome.final_state()) for slug, outcome in outcomes.items()
     ]
     launching = run_state is RunState.RUNNING
-    failed = failed_before
+    failed = list(failed_before)
     while work:
         slug, final = work.pop(0)
-        if current[slug].settled:
+        if state(slug).settled:
             continue
-        current[slug] = decision.states[slug] = final
+        changed[slug] = decision.states[slug] = final
         decision.settled += 1
         if final is NodeState.FAILED:
-            failed = True
+            failed.append(slug)
             if policies[slug] is OnFailure.FAIL_RUN and decision.error is None:
                 detail = (errors or {}).get(slug)
                 decision.error = f"node {slug!r} failed" + (f": {detail}" if detail else "")
@@ -78,19 +86,19 @@ def decide(
         for succ in graph.successors[slug]:
             remaining = decision.waits.get(succ, waits[succ]) - 1
             decision.waits[succ] = remaining
-            if remaining > 0 or current[succ] is not NodeState.PENDING or not launching:
+            if remaining > 0 or state(succ) is not NodeState.PENDING or not launching:
                 continue
             preds = graph.predecessors[succ]
-            if any(current[p] in (NodeState.FAILED, NodeState.SKIPPED) for p in preds):
+            if any(state(p) in (NodeState.FAILED, NodeState.SKIPPED) for p in preds):
                 work.append((succ, NodeState.SKIPPED))  # skip cascades (DESIGN §4.5)
             else:
-                current[succ] = decision.states[succ] = NodeState.RUNNING
+                changed[succ] = decision.states[succ] = NodeState.RUNNING
                 decision.claimed.append(succ)
+    decision.failed = failed
     if decision.error is not None and run_state is RunState.RUNNING:
         decision.run_state = RunState.FAILED
     elif settled_before + decision.settled == len(graph.order) and not run_state.terminal:
         decision.run_state = RunState.FAILED if failed else RunState.COMPLETED
         if failed and decision.error is None:
-            bad = sorted(s for s, st in current.items() if st is NodeState.FAILED)
-            decision.error = "node(s) failed: " + ", ".join(bad)
+            decision.error = "node(s) failed: " + ", ".join(sorted(failed))
     return decision

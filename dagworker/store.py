@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -45,6 +45,45 @@ def encode_artifact(origin: str | None, fields: Mapping[str, Any]) -> str:
 def decode_artifact(node: str, task: int, k: int, raw: str | bytes) -> Artifact:
     data = json.loads(raw)
     return Artifact(artifact_id(node, task, k), node, data["o"], data["f"])
+
+
+class _HashFields:
+    """Fields of one Redis hash: some prefetched in one HMGET, the rest read on first use."""
+
+    def __init__(self, r: redis.Redis, key: str, prefetch: Sequence[str]) -> None:
+        self.r = r
+        self.key = key
+        wanted = list(dict.fromkeys(prefetch))
+        values = r.hmget(key, wanted) if wanted else []
+        self.cache: dict[str, str | None] = dict(zip(wanted, values, strict=True))
+
+    def get(self, field: str) -> str | None:
+        if field not in self.cache:
+            self.cache[field] = self.r.hget(self.key, field)
+        return self.cache[field]
+
+
+class LazyMap(Mapping[str, Any]):
+    """A read-through Mapping over ``_HashFields`` that never reads the whole hash."""
+
+    def __init__(
+        self, source: _HashFields, convert: Callable[[str], Any], suffix: str = ""
+    ) -> None:
+        self.source = source
+        self.convert = convert
+        self.suffix = suffix
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.source.get(key + self.suffix)
+        if value is None:
+            raise KeyError(key)
+        return self.convert(value)
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("LazyMap is not iterable: the point is not to read every field")
+
+    def __len__(self) -> int:
+        raise TypeError("LazyMap has no length")
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,10 @@ class Store:
     def nodes(self, run_id: str) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.nodes(run_id))
         return data
+
+    def node_fields(self, run_id: str, prefetch: Sequence[str]) -> _HashFields:
+        """The run's node-state hash: ``prefetch`` in one HMGET, other fields on demand."""
+        return _HashFields(self.r, self.keys.nodes(run_id), prefetch)
 
     def node_counters(self, run_id: str, slugs: Iterable[str]) -> dict[str, dict[str, str]]:
         slugs = list(slugs)

@@ -125,3 +125,14 @@ def t_flaky(ctx: TaskContext, succeed_on: int = 3) -> dict[str, Any]:
     if ctx.attempt < succeed_on:
         raise ConnectionError(f"attempt {ctx.attempt} lost its connection")
     return {"attempt": ctx.attempt}
+
+
+@plugin("t_noop")
+def t_noop(ctx: TaskContext) -> dict[str, Any]:
+    """No call recording: for large fan-out."""
+    return {"i": (ctx.artifact or {}).get("i")}
+
+
+@plugin("t_count")
+def t_count(ctx: TaskContext) -> dict[str, Any]:
+    return {"count": len(ctx.artifacts), "distinct": len({a.get("i") for a in ctx.artifacts})}

@@ -51,7 +51,7 @@ def _decide(
 ):
     g = Graph.from_edges(edges)
     pol = {s: OnFailure.FAIL_RUN for s in edges} | (policies or {})
-    return decide(g, pol, states, waits, outcomes, run_state, settled_before, False)
+    return decide(g, pol, states, waits, outcomes, run_state, settled_before)
 
 
 def test_join_is_claimed_only_when_both_branches_settled() -> None:
