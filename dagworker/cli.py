@@ -26,6 +26,7 @@ from dagworker.client import Client
 from dagworker.errors import (
     ConfigError,
     DagworkerError,
+    IllegalTransition,
     PipelineError,
     PluginError,
     RunNotFound,
@@ -183,6 +184,41 @@ def status(run_id: str, as_json: bool, watch: bool, redis_url: str | None) -> No
             else:
                 console.print(render_status(current))
         sys.exit(exit_code_for(current.status) if RunState(current.status).terminal else 0)
+
+
+def _control(action: str, run_id: str, redis_url: str | None) -> None:
+    with _errors():
+        handle = _client(redis_url).get(run_id)
+        try:
+            changed = getattr(handle, action)()
+        except IllegalTransition as exc:
+            _exit(EXIT_INVALID, str(exc))
+        state = handle.state().value
+        console.print(f"{run_id}: {state}" + ("" if changed else " (unchanged)"), highlight=False)
+
+
+@main.command()
+@click.argument("run_id")
+@redis_option
+def cancel(run_id: str, redis_url: str | None) -> None:
+    """Cancel a run: nothing new starts, running tasks finish and are recorded."""
+    _control("cancel", run_id, redis_url)
+
+
+@main.command()
+@click.argument("run_id")
+@redis_option
+def pause(run_id: str, redis_url: str | None) -> None:
+    """Pause a run: no new nodes start until resume."""
+    _control("pause", run_id, redis_url)
+
+
+@main.command()
+@click.argument("run_id")
+@redis_option
+def resume(run_id: str, redis_url: str | None) -> None:
+    """Resume a paused run."""
+    _control("resume", run_id, redis_url)
 
 
 @main.command()

@@ -61,6 +61,22 @@ class RunHandle:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
+    def cancel(self) -> bool:
+        """Cancel the run; False when it was already cancelled."""
+        from dagworker.control import cancel
+
+        return cancel(self.client.orchestrator, self.id)
+
+    def pause(self) -> bool:
+        from dagworker.control import pause
+
+        return pause(self.client.orchestrator, self.id)
+
+    def resume(self) -> bool:
+        from dagworker.control import resume
+
+        return resume(self.client.orchestrator, self.id)
+
     def outputs(self, node: str) -> list[dict[str, Any]]:
         """Fields of every artifact a node produced, in task then emission order."""
         return [a.fields for a in self.client.store.iter_artifacts(self.id, node)]

@@ -147,13 +147,13 @@ class Orchestrator:
         self.store.create_run(run_id, record, pipeline.to_json(), waits)
         self.store.add_event(run_id, {"at": at, "status": RunState.RUNNING.value})
         roots = [n.slug for n in pipeline.nodes if not n.depends_on]
-        ops = [op for slug in roots for op in self._claim_ops(run_id, slug, at)]
+        ops = [op for slug in roots for op in self.claim_ops(run_id, slug, at)]
         self.store.commit(run_id, 0, ops)
         for slug in roots:
             self.launch(run_id, slug)
         return run_id
 
-    def _claim_ops(self, run_id: str, slug: str, at: float) -> list[tuple[Any, ...]]:
+    def claim_ops(self, run_id: str, slug: str, at: float) -> list[tuple[Any, ...]]:
         k = self.store.keys
         return [
             (k.nodes(run_id), "hset", slug, NodeState.RUNNING.value),
@@ -330,7 +330,7 @@ class Orchestrator:
         for slug, state in decision.states.items():
             ops.append((k.nodes(c.run_id), "hset", slug, state.value))
             if state is NodeState.RUNNING:
-                ops += self._claim_ops(c.run_id, slug, at)[1:]
+                ops += self.claim_ops(c.run_id, slug, at)[1:]
             else:
                 ops.append((k.node(c.run_id, slug), "hset", "finished_at", at))
 

@@ -91,7 +91,10 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
             RunState.ROLLING_BACK,
         }
     ),
-    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    # A paused run still records what finishes, so it can complete or fail while paused.
+    RunState.PAUSED: frozenset(
+        {RunState.RUNNING, RunState.CANCELLED, RunState.FAILED, RunState.COMPLETED}
+    ),
     RunState.COMPLETED: frozenset({RunState.ROLLING_BACK}),
     RunState.FAILED: frozenset({RunState.ROLLING_BACK, RunState.RUNNING}),
     RunState.CANCELLED: frozenset({RunState.RUNNING, RunState.ROLLING_BACK}),
