@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dagworker.artifact import artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
+from dagworker.faults import crash_point
 from dagworker.pipeline import FanMode, Node, Retry
 from dagworker.plugin import Plugin
 from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, encode_artifact
@@ -127,6 +128,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         staged_key=staged,
         staged_count=count,
     )
+    crash_point("after_finish", slug)
     if finish.settle or finish.verdict == "duplicate":
         orch.advance(run_id)
     return "completed" if finish.verdict == "recorded" else finish.verdict

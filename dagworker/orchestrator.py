@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from dagworker.errors import (
     ExpressionError,
     LimitExceeded,
 )
+from dagworker.faults import crash_point
 from dagworker.graph import Graph
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
@@ -116,6 +117,9 @@ class Orchestrator:
         self.registry = registry
         self.cache = _RunCache()
         self.hostname = socket.gethostname()
+        #: Called inside the lock just before a commit; tests use it to stall an orchestrator
+        #: past its lock's lifetime (the version check must then refuse its commit).
+        self.before_commit: Callable[[str], None] | None = None
 
     def compiled(self, run_id: str) -> Compiled:
         return self.cache.get(self.store, run_id)
@@ -204,6 +208,7 @@ class Orchestrator:
     ) -> int:
         """Persist one batch then publish it; returns the cursor after it."""
         if self.store.launch_batch(run_id, node.slug, first, specs, now()):
+            crash_point("before_publish", node.slug)
             last = first + len(specs) - 1
             self.publisher.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
             self.store.published(run_id, node.slug, first, last)
@@ -278,6 +283,8 @@ class Orchestrator:
                 run = store.run(run_id)
                 version = int(run.get("version") or 0)
                 ops, decision = self._decide(c, run, pending)
+                if self.before_commit is not None:
+                    self.before_commit(run_id)
                 if store.commit(run_id, version, ops) >= 0:
                     break
             log.info("run %s: state moved while deciding; deciding again", run_id)

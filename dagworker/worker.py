@@ -52,6 +52,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             "global_keyprefix": f"{settings.key_prefix}:kombu:",
+            # kombu sweeps for messages whose worker died every interval x throttle seconds
+            # (100 s by default); sweep in step with the visibility timeout instead, so a
+            # crashed task is redelivered soon after the timeout.
+            "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 4))),
+            "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,

@@ -1,0 +1,230 @@
+"""Crash safety with real worker subprocesses killed by SIGKILL (DESIGN §6).
+
+Each test uses its own deployment (key prefix) with a short visibility timeout, so a message
+whose worker died is redelivered within seconds, and a fast reconciler.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dagworker.orchestrator import Orchestrator
+from dagworker.plugin import registry
+from dagworker.tasks import CeleryPublisher
+from dagworker.worker import create_app
+from tests.conftest import Deployment, make_deployment
+
+WAIT = 90
+
+
+@pytest.fixture
+def crashy(tmp_path: Any) -> Any:
+    d = make_deployment(
+        tmp_path,
+        visibility_timeout=3.0,
+        reconcile_interval=0.5,
+        publish_grace=1.0,
+        lock_timeout=2.0,
+    )
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def wait_for(predicate: Any, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+FAN = {
+    "name": "fan",
+    "nodes": [
+        {"slug": "src", "plugin": "t_emit", "config": {"n": 3}},
+        {"slug": "each", "plugin": "t_sleep", "depends_on": ["src"], "config": {"seconds": 1.0}},
+        {
+            "slug": "total",
+            "plugin": "t_sum",
+            "depends_on": ["each"],
+            "fan_mode": "aggregate",
+            "config": {"key": "slept"},
+        },
+    ],
+}
+
+
+def assert_launched_once(d: Deployment, run_id: str, status: Any) -> None:
+    """Every node's task count matches the plan and no successor ran twice to completion."""
+    completed = Counter(
+        (c["node"], c["task"]) for c in d.calls(run_id) if c.get("phase", "end") == "end"
+    )
+    assert max(completed.values()) == 1, completed
+
+
+def test_worker_killed_while_plugin_runs(crashy: Deployment) -> None:
+    # Given one worker running a fan-out of sleeping tasks
+    victim = crashy.start_worker()
+    client = crashy.client()
+    handle = client.submit(FAN)
+    wait_for(lambda: any(c.get("phase") == "start" for c in crashy.calls(handle.id)))
+    # When that worker is SIGKILLed mid-plugin and another one takes over
+    victim.kill()
+    crashy.start_worker()
+    status = handle.wait(WAIT)
+    # Then the task is redelivered, the run completes, and nothing is launched twice
+    assert status.status == "completed", status.error
+    assert status.nodes["each"].tasks == 3 and status.nodes["total"].tasks == 1
+    starts = Counter(
+        c["task"]
+        for c in crashy.calls(handle.id)
+        if c["node"] == "each" and c.get("phase") == "start"
+    )
+    assert max(starts.values()) == 2  # the killed attempt ran again
+    assert handle.outputs("total") == [{"count": 3, "sum": 3.0, "per_dep": {"each": 3}}]
+    assert_launched_once(crashy, handle.id, status)
+
+
+CHAIN = {
+    "name": "chain",
+    "nodes": [
+        {"slug": "a", "plugin": "t_append"},
+        {"slug": "b", "plugin": "t_append", "depends_on": ["a"]},
+        {"slug": "c", "plugin": "t_append", "depends_on": ["b"]},
+    ],
+}
+
+
+def test_worker_killed_after_plugin_returned_before_orchestration(crashy: Deployment) -> None:
+    # Given a worker that dies right after recording a's outcome, before launching b
+    victim = crashy.start_worker(DAGWORKER_FAULTS="after_finish:a")
+    client = crashy.client()
+    handle = client.submit(CHAIN)
+    victim.proc.wait(timeout=WAIT)
+    assert client.store.task(handle.id, "a", 0)["state"] == "completed"
+    assert client.store.nodes(handle.id)["b"] == "pending"
+    # When a healthy worker comes up
+    crashy.start_worker()
+    status = handle.wait(WAIT)
+    # Then b and c run exactly once and a is not run again
+    assert status.status == "completed", status.error
+    assert Counter(c["node"] for c in crashy.calls(handle.id)) == {"a": 1, "b": 1, "c": 1}
+    assert handle.outputs("c") == [{"path": ["a", "b", "c"], "origin_seen": "a:0:0"}]
+
+
+def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
+    # Given a worker that dies after persisting b's task but before sending its message
+    victim = crashy.start_worker(DAGWORKER_FAULTS="before_publish:b")
+    client = crashy.client()
+    handle = client.submit(CHAIN)
+    victim.proc.wait(timeout=WAIT)
+    crashed_at = time.time()
+    assert client.store.task(handle.id, "b", 0)["state"] == "queued"
+    assert client.store.r.zcard(client.store.keys.outbox(handle.id)) == 1
+    # When another worker runs (its reconciler looks every 0.5 s, grace 1 s)
+    crashy.start_worker()
+    status = handle.wait(WAIT)
+    # Then b was sent once and ran once
+    assert status.status == "completed", status.error
+    calls = crashy.calls(handle.id)
+    assert Counter(c["node"] for c in calls) == {"a": 1, "b": 1, "c": 1}
+    repaired_after = next(c["at"] for c in calls if c["node"] == "b") - crashed_at
+    print(f"lost publish repaired {repaired_after:.2f}s after the crash")
+    assert client.store.r.zcard(client.store.keys.outbox(handle.id)) == 0
+
+
+def test_duplicate_delivery_of_a_running_task(crashy: Deployment) -> None:
+    # Given a task that runs longer than the visibility timeout (3 s), and two workers
+    crashy.start_worker()
+    crashy.start_worker()
+    client = crashy.client()
+    p = {
+        "name": "slow",
+        "nodes": [
+            {"slug": "slow", "plugin": "t_sleep", "config": {"seconds": 5.0}},
+            {"slug": "next", "plugin": "t_append", "depends_on": ["slow"]},
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    # Then the message was delivered twice and both copies ran, but the outcome was
+    # recorded once and the successor launched once
+    assert status.status == "completed", status.error
+    calls = crashy.calls(handle.id)
+    assert sum(1 for c in calls if c["node"] == "slow" and c.get("phase") == "start") == 2
+    assert int(client.store.task(handle.id, "slow", 0)["deliveries"]) == 2
+    assert handle.outputs("slow") == [{"slept": 5.0}]
+    assert Counter(c["node"] for c in calls)["next"] == 1
+    assert status.nodes["next"].tasks == 1
+    assert len(client.store.history(handle.id, "slow", 0)) == 1
+
+
+def test_stale_orchestrator_cannot_commit_after_its_lock_expired(tmp_path: Any) -> None:
+    d = make_deployment(tmp_path, lock_timeout=0.3)
+    try:
+        # Given a run a, b -> j (no workers: the test drives completions itself, for real)
+        app = create_app(d.settings)
+        client = d.client()
+        client.orchestrator  # noqa: B018  (loads the test plugins)
+        p = {
+            "name": "join",
+            "nodes": [
+                {"slug": "a", "plugin": "t_append"},
+                {"slug": "b", "plugin": "t_append"},
+                {
+                    "slug": "j",
+                    "plugin": "t_join",
+                    "depends_on": ["a", "b"],
+                    "fan_mode": "aggregate",
+                },
+            ],
+        }
+        handle = client.submit(p)
+        store = client.store
+        for slug in ("a", "b"):
+            store.begin_task(handle.id, slug, 0, 1, "test")
+            store.finish_task(
+                handle.id,
+                slug,
+                0,
+                1,
+                "completed",
+                encoded_outputs=['{"o":null,"f":{"path":["x"]}}'],
+            )
+        assert store.settle_pending(handle.id) == {"a", "b"}
+        stalled = Orchestrator(store, CeleryPublisher(app, d.settings.default_queue), registry)
+        fresh = Orchestrator(store, CeleryPublisher(app, d.settings.default_queue), registry)
+        entered, release = threading.Event(), threading.Event()
+        stalls: list[str] = []
+
+        def stall(run_id: str) -> None:
+            if not stalls:  # only the first decision stalls
+                stalls.append(run_id)
+                entered.set()
+                release.wait(10)
+
+        stalled.before_commit = stall
+        # When the first orchestrator stalls inside its critical section past the lock's life
+        thread = threading.Thread(target=stalled.advance, args=(handle.id,))
+        thread.start()
+        assert entered.wait(10)
+        time.sleep(0.5)  # the lock (0.3 s) expires: nothing to wait on but time
+        # and a second orchestrator settles the run meanwhile
+        fresh.advance(handle.id)
+        release.set()
+        thread.join(10)
+        # Then the stale commit was refused: j launched once, barriers counted once
+        assert store.nodes(handle.id)["j"] == "running"
+        assert store.launch_cursor(handle.id, "j") == 1
+        assert int(store.run(handle.id)["nodes_settled"]) == 2
+        assert int(store.nodes(handle.id)["j:wait"]) == 0
+        assert d.queue_length() == 3  # a, b at submit; j once
+    finally:
+        d.close()
