@@ -136,3 +136,46 @@ def t_noop(ctx: TaskContext) -> dict[str, Any]:
 @plugin("t_count")
 def t_count(ctx: TaskContext) -> dict[str, Any]:
     return {"count": len(ctx.artifacts), "distinct": len({a.get("i") for a in ctx.artifacts})}
+
+
+@plugin("t_files")
+def t_files(ctx: TaskContext) -> list[dict[str, Any]]:
+    """A mixed bag of media files."""
+    note(ctx)
+    return [
+        {"name": "intro.mp4", "file_type": "video", "size": 300, "meta": {"lang": "en"}},
+        {"name": "intro.en.srt", "file_type": "subtitle", "size": 4, "meta": {"lang": "en"}},
+        {"name": "talk.mp4", "file_type": "video", "size": 900, "meta": {"lang": "fr"}},
+        {"name": "talk.fr.srt", "file_type": "subtitle", "size": 6, "meta": {"lang": "fr"}},
+        {"name": "cover.png", "file_type": "image", "size": 50, "meta": {}},
+    ]
+
+
+@plugin("t_tag")
+def t_tag(ctx: TaskContext, tag: str = "") -> dict[str, Any]:
+    note(ctx)
+    src = ctx.artifact or {}
+    return {"item": src.get("i", src.get("name")), "tag": tag or ctx.node}
+
+
+@plugin("t_merge")
+def t_merge(ctx: TaskContext) -> dict[str, Any]:
+    note(ctx)
+    return {
+        "origin": ctx.origin,
+        "per_dep": {dep: [a.get("tag") for a in arts] for dep, arts in ctx.inputs.items()},
+        "items": sorted({str(a.get("item")) for a in ctx.artifacts}),
+    }
+
+
+@plugin("t_names")
+def t_names(ctx: TaskContext) -> dict[str, Any]:
+    note(ctx)
+    return {"names": [a.get("name") for a in ctx.artifacts]}
+
+
+@plugin("t_kwargs")
+def t_kwargs(ctx: TaskContext, **kwargs: Any) -> dict[str, Any]:
+    """Return exactly the keyword arguments the bindings produced."""
+    note(ctx)
+    return {"kwargs": kwargs}

@@ -1,0 +1,189 @@
+"""Routing end to end (DESIGN §4): grouped fan-in, filters, filtered/skipped, passthrough."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from dagworker import Client
+from tests.conftest import Deployment
+
+WAIT = 120
+
+
+def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
+
+
+def test_scatter_gather_grouped_merge(client: Client, fleet: Deployment) -> None:
+    # Given a source of 10 items, two branches over every item, and a grouped merge
+    p = {
+        "name": "scatter",
+        "nodes": [
+            node("src", "t_emit", config={"n": 10}),
+            node("left", "t_tag", "src", config={"tag": "L"}),
+            node("right", "t_tag", "src", config={"tag": "R"}),
+            node("merge", "t_merge", "left", "right", fan_mode="grouped"),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    assert status.status == "completed", status.error
+    # Then the merge ran 10 tasks, each with exactly one result of each branch for one item,
+    # in the order the items were produced
+    merged = handle.outputs("merge")
+    assert status.nodes["merge"].tasks == 10
+    assert [m["origin"] for m in merged] == [f"src:0:{k}" for k in range(10)]
+    assert all(m["per_dep"] == {"left": ["L"], "right": ["R"]} for m in merged)
+    assert [m["items"] for m in merged] == [[str(k)] for k in range(10)]
+
+
+def test_grouped_with_broadcast_artifacts(client: Client) -> None:
+    p = {
+        "name": "broadcast",
+        "nodes": [
+            node("src", "t_emit", config={"n": 3}),
+            node("each", "t_tag", "src", config={"tag": "E"}),
+            node("summary", "t_sum", "src", fan_mode="aggregate", config={"key": "i"}),
+            node("merge", "t_merge", "each", "summary", fan_mode="grouped"),
+        ],
+    }
+    handle = client.submit(p)
+    assert handle.wait(WAIT).status == "completed"
+    merged = handle.outputs("merge")
+    # one task per origin; the aggregate's broadcast artifact reaches every group
+    assert len(merged) == 3
+    assert all(m["per_dep"] == {"each": ["E"], "summary": [None]} for m in merged)
+
+
+def test_filters_route_videos_and_subtitles_to_branches(client: Client) -> None:
+    p = {
+        "name": "media",
+        "nodes": [
+            node("files", "t_files"),
+            node(
+                "video",
+                "t_tag",
+                "files",
+                config={"tag": "video"},
+                edge_filters={
+                    "files": {"rules": [{"field": "file_type", "op": "eq", "value": "video"}]}
+                },
+            ),
+            node(
+                "subs",
+                "t_tag",
+                "files",
+                config={"tag": "subs"},
+                edge_filters={
+                    "files": {
+                        "rules": [
+                            {"field": "file_type", "op": "eq", "value": "subtitle"},
+                            {"field": "meta.lang", "op": "in", "value": ["fr", "de"]},
+                        ]
+                    }
+                },
+            ),
+            node(
+                "biggest",
+                "t_names",
+                "files",
+                fan_mode="aggregate",
+                edge_filters={"files": {"select": {"field": "size", "order": "desc", "limit": 2}}},
+            ),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    assert status.status == "completed", status.error
+    assert [o["item"] for o in handle.outputs("video")] == ["intro.mp4", "talk.mp4"]
+    assert [o["item"] for o in handle.outputs("subs")] == ["talk.fr.srt"]
+    assert handle.outputs("biggest") == [{"names": ["talk.mp4", "intro.mp4"]}]
+
+
+def test_filtered_branch_does_not_block_downstream(client: Client, fleet: Deployment) -> None:
+    # Given a branch whose filter keeps nothing, joined with a branch that has work
+    p = {
+        "name": "filtered",
+        "nodes": [
+            node("files", "t_files"),
+            node(
+                "audio",
+                "t_tag",
+                "files",
+                edge_filters={
+                    "files": {"rules": [{"field": "file_type", "op": "eq", "value": "audio"}]}
+                },
+            ),
+            node(
+                "images",
+                "t_tag",
+                "files",
+                edge_filters={
+                    "files": {"rules": [{"field": "file_type", "op": "eq", "value": "image"}]}
+                },
+            ),
+            node("join", "t_merge", "audio", "images", fan_mode="aggregate"),
+            node("after_audio", "t_tag", "audio"),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    # Then the empty branch is filtered, the join still runs with what it has, and a node
+    # whose only input is the filtered branch is itself filtered; the run completes
+    assert status.status == "completed", status.error
+    assert status.nodes["audio"].state == "filtered" and status.nodes["audio"].tasks == 0
+    assert status.nodes["join"].state == "completed"
+    assert handle.outputs("join")[0]["per_dep"] == {"audio": [], "images": ["images"]}
+    assert status.nodes["after_audio"].state == "filtered"
+    assert "audio" not in Counter(c["node"] for c in fleet.calls(handle.id))
+
+
+def test_passthrough_look_through(client: Client) -> None:
+    # Given a passthrough routing node that filters everything out
+    p = {
+        "name": "passthrough",
+        "nodes": [
+            node("files", "t_files"),
+            node(
+                "route",
+                "t_tag",
+                "files",
+                passthrough=True,
+                edge_filters={
+                    "files": {"rules": [{"field": "file_type", "op": "eq", "value": "nothing"}]}
+                },
+            ),
+            node("names", "t_names", "route", fan_mode="aggregate"),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    # Then its dependants look through it to the artifacts of its own dependencies
+    assert status.status == "completed", status.error
+    assert status.nodes["route"].state == "filtered"
+    assert handle.outputs("names")[0]["names"] == [
+        "intro.mp4",
+        "intro.en.srt",
+        "talk.mp4",
+        "talk.fr.srt",
+        "cover.png",
+    ]
+
+
+def test_failed_dependency_skips_descendants_under_continue(client: Client) -> None:
+    p = {
+        "name": "keepgoing",
+        "nodes": [
+            node("ok", "t_append"),
+            node("bad", "t_fail", on_failure="continue"),
+            node("after_bad", "t_append", "bad"),
+            node("after_after", "t_append", "after_bad"),
+            node("after_ok", "t_append", "ok"),
+        ],
+    }
+    status = client.submit(p).wait(WAIT)
+    assert status.status == "failed"
+    assert status.nodes["after_bad"].state == "skipped"
+    assert status.nodes["after_after"].state == "skipped"
+    assert status.nodes["after_ok"].state == "completed"
