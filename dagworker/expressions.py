@@ -15,9 +15,10 @@ Expressions
 
 Pipe arguments
     A quoted string, a number, ``true``/``false``/``null``, a reference written ``$ns.path``, or
-    a bare word taken as text (``default(mp4)``). A pipe that takes at most one argument takes
-    everything between its parentheses as that argument, commas included, so ``join(,)`` joins
-    with a comma and ``join(, )`` too. Pipes with more arguments split bare text at commas.
+    a bare word taken as text (``default(mp4)``), trimmed: quote it to keep spaces
+    (``prepend('>> ')``). A pipe that takes at most one argument takes everything between its
+    parentheses as that argument, commas included, so ``join(,)`` joins with a comma. Pipes with
+    more arguments split bare text at commas.
 
 References
     A dependency namespace holds the fields of this task's input artifacts from that
@@ -61,7 +62,7 @@ MAX_ITEMS = 100_000
 @dataclass(frozen=True)
 class Ref:
     namespace: str
-    path: str              # dotted, "" for the whole namespace
+    path: str  # dotted, "" for the whole namespace
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class Expr:
 class PipeSpec:
     func: Callable[..., Any]
     min_args: int = 0
-    max_args: int | None = 0           # None: any number
-    missing_ok: bool = False           # receives MISSING instead of short-circuiting to it
+    max_args: int | None = 0  # None: any number
+    missing_ok: bool = False  # receives MISSING instead of short-circuiting to it
     regex_arg: bool = False
 
 
@@ -149,28 +150,28 @@ def _path_of(value: str) -> str:
 
 def _stem(value: str) -> str:
     base = posixpath.basename(_path_of(value))
-    return posixpath.splitext(base)[0] if not base.startswith(".") or base.count(".") > 1 \
-        else base
+    return posixpath.splitext(base)[0] if not base.startswith(".") or base.count(".") > 1 else base
 
 
 def _to_int(value: Any) -> int:
+    """Whole numbers; floats and numeric text are truncated toward zero."""
     if isinstance(value, bool):
         raise ExpressionEvalError("int: got a boolean")
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     if isinstance(value, str):
+        text = value.strip()
         try:
-            return int(value.strip())
+            return int(text)
         except ValueError:
-            try:
-                number = float(value.strip())
-            except ValueError:
-                raise ExpressionEvalError(f"int: {value[:40]!r} is not a number") from None
-            if number.is_integer():
-                return int(number)
-    raise ExpressionEvalError(f"int: {str(value)[:40]!r} is not a whole number")
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            raise ExpressionEvalError(f"int: {value[:40]!r} is not a number") from None
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return int(value)
+    raise ExpressionEvalError(f"int: {_kind(value)} is not a number")
 
 
 def _to_float(value: Any) -> float:
@@ -190,8 +191,9 @@ def _order(name: str, wanted: tuple[int, ...]) -> Callable[[Any, Any], bool]:
     def check(value: Any, bound: Any) -> bool:
         result = compare(value, bound)
         if result is None:
-            raise ExpressionEvalError(f"{name}: compares numbers only, got {_kind(value)} "
-                                      f"and {_kind(bound)}")
+            raise ExpressionEvalError(
+                f"{name}: compares numbers only, got {_kind(value)} and {_kind(bound)}"
+            )
         return result in wanted
 
     return check
@@ -280,8 +282,9 @@ PIPES: Mapping[str, PipeSpec] = {
     "trim": PipeSpec(_mapped(str.strip)),
     "title": PipeSpec(_mapped(str.title)),
     "strip": PipeSpec(lambda v, chars=None: _mapped(lambda s: s.strip(chars))(v), 0, 1),
-    "replace": PipeSpec(lambda v, old, new: _mapped(lambda s: s.replace(str(old), str(new)))(v),
-                        2, 2),
+    "replace": PipeSpec(
+        lambda v, old, new: _mapped(lambda s: s.replace(str(old), str(new)))(v), 2, 2
+    ),
     "default": PipeSpec(_default, 1, 1, missing_ok=True),
     "required": PipeSpec(_required, missing_ok=True),
     "first": PipeSpec(_pick(0)),
@@ -337,8 +340,7 @@ class _Parser:
         self.pipes = 0
 
     def error(self, message: str, position: int | None = None) -> ExpressionSyntaxError:
-        return ExpressionSyntaxError(message, self.text, self.pos if position is None
-                                     else position)
+        return ExpressionSyntaxError(message, self.text, self.pos if position is None else position)
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -401,13 +403,13 @@ class _Parser:
         if start == self.pos:
             found = repr(self.peek()) if self.peek() else "the end"
             raise self.error(f"expected a name, found {found}")
-        return self.text[start:self.pos]
+        return self.text[start : self.pos]
 
     def primary(self, depth: int) -> Ref | Literal | ListOf:
         char = self.peek()
         if char in ("'", '"'):
             return Literal(self.quoted())
-        if char.isdigit() or (char == "-" and self.text[self.pos + 1:self.pos + 2].isdigit()):
+        if char.isdigit() or (char == "-" and self.text[self.pos + 1 : self.pos + 2].isdigit()):
             return Literal(self.number())
         name = self.identifier()
         if name in ("true", "false", "null"):
@@ -431,7 +433,7 @@ class _Parser:
                 self.pos += 1
             if start == self.pos:
                 raise self.error("expected a field name after '.'")
-            segments.append(self.text[start:self.pos])
+            segments.append(self.text[start : self.pos])
         return Ref(namespace, ".".join(segments))
 
     def quoted(self) -> str:
@@ -459,7 +461,7 @@ class _Parser:
             self.pos += 1
         while self.peek() and (self.peek().isdigit() or self.peek() in ".eE+-"):
             self.pos += 1
-        raw = self.text[start:self.pos]
+        raw = self.text[start : self.pos]
         try:
             return float(raw) if any(c in raw for c in ".eE") else int(raw)
         except ValueError:
@@ -482,15 +484,19 @@ class _Parser:
             args = self.arguments(spec)
         count = len(args)
         if count < spec.min_args or (spec.max_args is not None and count > spec.max_args):
-            wanted = (f"{spec.min_args}" if spec.max_args == spec.min_args else
-                      f"{spec.min_args} to {spec.max_args if spec.max_args is not None else 'any'}")
+            wanted = (
+                f"{spec.min_args}"
+                if spec.max_args == spec.min_args
+                else f"{spec.min_args} to {spec.max_args if spec.max_args is not None else 'any'}"
+            )
             raise self.error(f"pipe {name!r} takes {wanted} argument(s), got {count}", start)
         if spec.regex_arg and args and isinstance(args[0], Literal):
             try:
                 _regex(str(args[0].value))
-            except Exception as exc:   # re2.error
-                raise self.error(f"pipe {name!r}: invalid regular expression: {exc}",
-                                 start) from None
+            except Exception as exc:  # re2.error
+                raise self.error(
+                    f"pipe {name!r}: invalid regular expression: {exc}", start
+                ) from None
         return Pipe(name, args, start)
 
     def arguments(self, spec: PipeSpec) -> tuple[Ref | Literal, ...]:
@@ -514,7 +520,7 @@ class _Parser:
             self.pos += 1
         else:
             raise self.error("unclosed '(' of pipe arguments", start - 1)
-        raw = self.text[start:self.pos]
+        raw = self.text[start : self.pos]
         self.pos += 1
         if not raw.strip():
             return ()
@@ -575,8 +581,9 @@ class _Evaluator:
     def step(self) -> None:
         self.steps += 1
         if self.steps > MAX_STEPS:
-            raise ExpressionEvalError(f"more than MAX_STEPS={MAX_STEPS} evaluation steps",
-                                      self.source)
+            raise ExpressionEvalError(
+                f"more than MAX_STEPS={MAX_STEPS} evaluation steps", self.source
+            )
 
     def expr(self, node: Expr) -> Any:
         value = self.primary(node.primary)
@@ -584,16 +591,20 @@ class _Evaluator:
             self.step()
             spec = PIPES[pipe.name]
             if value is MISSING and not spec.missing_ok:
-                continue                       # missing flows through to default/required
+                continue  # missing flows through to default/required
             args = [self.primary(a) for a in pipe.args]
             try:
                 value = spec.func(value, *args)
             except ExpressionEvalError as exc:
-                raise ExpressionEvalError(f"pipe {pipe.name!r}: {exc.args[0]}", self.source,
-                                          pipe.position) from None
+                raise ExpressionEvalError(
+                    f"pipe {pipe.name!r}: {exc.args[0]}", self.source, pipe.position
+                ) from None
             except (TypeError, ValueError, IndexError) as exc:
-                raise ExpressionEvalError(f"pipe {pipe.name!r} cannot take {_kind(value)}: "
-                                          f"{exc}", self.source, pipe.position) from None
+                raise ExpressionEvalError(
+                    f"pipe {pipe.name!r} cannot take {_kind(value)}: {exc}",
+                    self.source,
+                    pipe.position,
+                ) from None
             _check_size(value, self.source)
         return value
 
@@ -610,7 +621,7 @@ class _Evaluator:
         if ref.namespace not in self.scope:
             raise ExpressionEvalError(f"unknown namespace {ref.namespace!r}", self.source)
         base = self.scope[ref.namespace]
-        if isinstance(base, list):            # a dependency: the task's input artifacts
+        if isinstance(base, list):  # a dependency: the task's input artifacts
             values = [a if not ref.path else get_path(a, ref.path, MISSING) for a in base]
             present = [v for v in values if v is not MISSING]
             if len(base) == 1:
@@ -669,8 +680,9 @@ class Template:
             text = part if isinstance(part, str) else _text(evaluator.expr(part))
             size += len(text)
             if size > MAX_TEXT:
-                raise ExpressionEvalError(f"a result longer than MAX_TEXT={MAX_TEXT} characters",
-                                          self.source)
+                raise ExpressionEvalError(
+                    f"a result longer than MAX_TEXT={MAX_TEXT} characters", self.source
+                )
             out.append(text)
         return "".join(out)
 
@@ -680,7 +692,8 @@ def parse_template(text: str) -> Template:
     """Parse once (cached); raises ExpressionSyntaxError with the position of the problem."""
     if len(text) > MAX_TEMPLATE_CHARS:
         raise ExpressionSyntaxError(
-            f"template longer than MAX_TEMPLATE_CHARS={MAX_TEMPLATE_CHARS}", text[:60] + "...")
+            f"template longer than MAX_TEMPLATE_CHARS={MAX_TEMPLATE_CHARS}", text[:60] + "..."
+        )
     try:
         parts = _Parser(text).template()
     except ExpressionError:

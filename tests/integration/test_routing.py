@@ -187,3 +187,73 @@ def test_failed_dependency_skips_descendants_under_continue(client: Client) -> N
     assert status.nodes["after_bad"].state == "skipped"
     assert status.nodes["after_after"].state == "skipped"
     assert status.nodes["after_ok"].state == "completed"
+
+
+def test_bindings_with_when_are_decided_once_per_task(client: Client) -> None:
+    # Given bindings: a template, a typed value, a conditional and a literal
+    p = {
+        "name": "bindings",
+        "input": {"fmt": {"type": "string"}},
+        "nodes": [
+            node("files", "t_files"),
+            node(
+                "media",
+                "t_kwargs",
+                "files",
+                edge_filters={
+                    "files": {
+                        "rules": [
+                            {"field": "file_type", "op": "in", "value": ["video", "subtitle"]}
+                        ]
+                    }
+                },
+                bindings={
+                    "title": "{files.name | stem | upper | truncate(5)}",
+                    "size": "{files.size}",
+                    "fmt": "{input.fmt | default(mp4)}",
+                    "label": "{run.pipeline}#{task.index}",
+                    "big": {"value": "{files.size}", "when": "{files.size | gt(100)}"},
+                    "fixed": 3,
+                },
+            ),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    assert status.status == "completed", status.error
+    got = [o["kwargs"] for o in handle.outputs("media")]
+    assert got[0] == {
+        "title": "INTRO",
+        "size": 300,
+        "fmt": "mp4",
+        "label": "bindings#0",
+        "big": 300,
+        "fixed": 3,
+    }
+    assert got[1] == {
+        "title": "INTRO",
+        "size": 4,
+        "fmt": "mp4",
+        "label": "bindings#1",
+        "fixed": 3,
+    }  # `when` false: parameter omitted
+    assert [g["title"] for g in got] == ["INTRO", "INTRO", "TALK", "TALK."]
+    # the decided arguments are persisted with each task
+    spec = client.store.task(handle.id, "media", 2)["spec"]
+    assert '"title":"TALK"' in spec
+
+
+def test_binding_failing_on_the_data_fails_that_task(client: Client) -> None:
+    p = {
+        "name": "badbinding",
+        "nodes": [
+            node("files", "t_files"),
+            node("media", "t_kwargs", "files", bindings={"n": "{files.meta.lang | required}"}),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    assert status.status == "failed"
+    assert status.nodes["media"].completed == 4 and status.nodes["media"].failed == 1
+    error = client.store.task(handle.id, "media", 4)["error"]
+    assert "node 'media', binding 'n'" in error and "required" in error
