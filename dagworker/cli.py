@@ -275,7 +275,7 @@ def plugins(as_json: bool) -> None:
         from dagworker.worker import load_plugins
 
         load_plugins(Settings.from_env())
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": p.name,
                 "parameters": [prm.name + ("" if prm.required else "?") for prm in p.parameters],

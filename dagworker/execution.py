@@ -54,10 +54,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds before attempt ``attempt + 1``: exponential, capped, with "equal jitter"."""
-        raw = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
+        raw = float(min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1))))
         if not self.jitter:
             return raw
-        return raw / 2 + (rng or random).uniform(0, raw / 2)
+        return float(raw / 2 + (rng or random).uniform(0, raw / 2))
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import re2  # type: ignore[import-untyped]
+import re2
 
 from dagworker.errors import ExpressionError, ExpressionEvalError, ExpressionSyntaxError
 from dagworker.values import MISSING, compare, get_path, is_number, typed_equal, typed_in
@@ -141,7 +141,8 @@ def _kind(value: Any) -> str:
         return "a boolean"
     if is_number(value):
         return "a number"
-    return {str: "text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "text", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _path_of(value: str) -> str:
@@ -417,9 +418,11 @@ class _Parser:
         if name == "list" and self.peek() == "(":
             self.pos += 1
             items = [self.expression(depth + 1)]
-            while (self.skip_space(), self.peek())[1] == ",":
+            self.skip_space()
+            while self.peek() == ",":
                 self.pos += 1
                 items.append(self.expression(depth + 1))
+                self.skip_space()
             self.expect(")")
             return ListOf(tuple(items))
         return self.reference(name)
@@ -553,7 +556,9 @@ class _Parser:
 
 
 def _split_args(raw: str) -> list[str]:
-    pieces, current, quote_char = [], [], ""
+    pieces: list[str] = []
+    current: list[str] = []
+    quote_char = ""
     for char in raw:
         if quote_char:
             if char == quote_char:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-import re2  # type: ignore[import-untyped]
+import re2
 
 from dagworker.artifact import Artifact
 from dagworker.pipeline import EdgeFilter, Rule

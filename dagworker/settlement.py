@@ -42,6 +42,7 @@ class Decision:
     settled: int = 0  # nodes newly settled
     run_state: RunState | None = None  # set when the run ends
     error: str | None = None
+    failed: list[str] = field(default_factory=list)  # every failed node of the run so far
 
 
 def decide(

@@ -50,7 +50,7 @@ def decode_artifact(node: str, task: int, k: int, raw: str | bytes) -> Artifact:
 class _HashFields:
     """Fields of one Redis hash: some prefetched in one HMGET, the rest read on first use."""
 
-    def __init__(self, r: redis.Redis, key: str, prefetch: Sequence[str]) -> None:
+    def __init__(self, r: Any, key: str, prefetch: Sequence[str]) -> None:
         self.r = r
         self.key = key
         wanted = list(dict.fromkeys(prefetch))
@@ -106,7 +106,8 @@ def connect(url: str) -> redis.Redis:
 
 class Store:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        self.r = client
+        # Any: redis-py's annotations cannot express decode_responses=True (every reply is str).
+        self.r: Any = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._scripts = {
@@ -381,11 +382,11 @@ class Store:
     def fetch_artifacts(self, run_id: str, ids: Sequence[str]) -> list[Artifact]:
         """Artifacts by id, in the order given; one round trip per 5,000 distinct tasks."""
         groups: dict[tuple[str, int], list[int]] = {}
-        parsed = []
+        parsed: list[tuple[str, int, int]] = []
         for aid in ids:
-            node, task, k = aid.rsplit(":", 2)
-            parsed.append((node, int(task), int(k)))
-            groups.setdefault((node, int(task)), []).append(int(k))
+            node_slug, task_s, k_s = aid.rsplit(":", 2)
+            parsed.append((node_slug, int(task_s), int(k_s)))
+            groups.setdefault((node_slug, int(task_s)), []).append(int(k_s))
         pipe = self.r.pipeline(transaction=False)
         order = list(groups)
         for node, task in order:

@@ -45,7 +45,7 @@ def compare(a: Any, b: Any) -> int | None:
     """-1/0/1 when both are numbers, else None (ordering is defined on numbers only)."""
     if not (is_number(a) and is_number(b)):
         return None
-    return (a > b) - (a < b)
+    return int(a > b) - int(a < b)
 
 
 def get_path(obj: Any, path: str, default: Any = MISSING) -> Any:
