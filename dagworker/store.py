@@ -360,7 +360,22 @@ class Store:
         self.r.zrem(self.keys.due, f"{run_id}|{slug}|{index}|{attempt}")
 
     def history(self, run_id: str, slug: str, index: int) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.r.lrange(self.keys.history(run_id, slug, index), 0, -1)]
+        """Every finished attempt of a task, oldest first (a single attempt is the task hash)."""
+        entries = [
+            json.loads(e) for e in self.r.lrange(self.keys.history(run_id, slug, index), 0, -1)
+        ]
+        if entries:
+            return entries
+        task = self.task(run_id, slug, index)
+        if task.get("state") not in ("completed", "failed", "cancelled", "compensated"):
+            return []
+        return [{
+            "attempt": int(task.get("attempt", 1)), "state": task["state"],
+            "error": task.get("error", ""), "outputs": int(task.get("outputs", 0)),
+            "started_at": float(task["started_at"]) if task.get("started_at") else None,
+            "finished_at": float(task["finished_at"]) if task.get("finished_at") else None,
+            "worker": task.get("worker"),
+        }]
 
     def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))

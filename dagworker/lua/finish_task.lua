@@ -5,7 +5,7 @@
 --
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
 -- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
--- KEYS[8] task history list (one JSON entry per finished attempt)
+-- KEYS[8] task history list (one JSON entry per finished attempt, when there were retries)
 -- ARGV[1] attempt   ARGV[2] outcome: completed | failed | cancelled   ARGV[3] now
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
 -- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[10..] are them
@@ -35,11 +35,16 @@ else
   n_out = 0
 end
 redis.call('HSET', KEYS[3], 'state', outcome, 'finished_at', ARGV[3], 'outputs', n_out)
-redis.call('RPUSH', KEYS[8], cjson.encode({
-  attempt = attempt, state = outcome, error = ARGV[7], outputs = n_out,
-  started_at = tonumber(redis.call('HGET', KEYS[3], 'started_at')),
-  finished_at = tonumber(ARGV[3]), worker = redis.call('HGET', KEYS[3], 'worker'),
-}))
+-- The task hash describes the last attempt; earlier attempts (retries) are in the history
+-- list, which this completes. A task that succeeded first time needs no list: one key less
+-- per task in a 100,000-task fan-out.
+if attempt > 1 then
+  redis.call('RPUSH', KEYS[8], cjson.encode({
+    attempt = attempt, state = outcome, error = ARGV[7], outputs = n_out,
+    started_at = tonumber(redis.call('HGET', KEYS[3], 'started_at')),
+    finished_at = tonumber(ARGV[3]), worker = redis.call('HGET', KEYS[3], 'worker'),
+  }))
+end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], 'error', ARGV[7], 'traceback', ARGV[8])
 end
