@@ -18,6 +18,7 @@ from dagworker.errors import (
     RunError,
     StoreError,
 )
+from dagworker.hooks import on_run
 from dagworker.pipeline import Pipeline
 from dagworker.plugin import Plugin, plugin, registry
 from dagworker.settings import Settings
@@ -43,6 +44,7 @@ __all__ = [
     "TaskState",
     "app",
     "load_pipeline",
+    "on_run",
     "plugin",
     "registry",
 ]

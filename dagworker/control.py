@@ -44,6 +44,7 @@ def _transition(
                     (k.run(run_id), "hset", "finished_at", at),
                     (k.run(run_id), "hset", "error", "cancelled on request"),
                     (k.runs_active, "zrem", run_id),
+                    (k.due, "zadd", at, f"hook|{run_id}|{target.value}"),
                 ]
                 for slug in c.nodes:
                     if states.get(slug) == NodeState.PENDING.value:

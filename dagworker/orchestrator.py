@@ -57,6 +57,8 @@ class Publisher(Protocol):
         self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
     ) -> None: ...
 
+    def publish_hooks(self, run_id: str, event: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -353,6 +355,8 @@ class Orchestrator:
                 (k.run(c.run_id), "hset", "finished_at", at),
                 (k.run(c.run_id), "hset", "error", decision.error or ""),
                 (k.runs_active, "zrem", c.run_id),
+                # hooks are scheduled in the same atomic step that ends the run
+                (k.due, "zadd", at, f"hook|{c.run_id}|{decision.run_state.value}"),
                 (
                     k.events(c.run_id),
                     "rpush",

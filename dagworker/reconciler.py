@@ -77,19 +77,25 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
 DUE_LEASE_S = 30.0
 
 
-def publish_due_retries(orch: Orchestrator, limit: int = 100) -> int:
-    """Send the retries whose backoff has elapsed; returns how many were sent."""
+def publish_due(orch: Orchestrator, limit: int = 100) -> int:
+    """Send the retries whose backoff has elapsed and the hooks of runs that ended."""
     store = orch.store
     sent = 0
-    for run_id, slug, index, attempt in store.claim_due(DUE_LEASE_S, limit):
+    for member in store.claim_due(DUE_LEASE_S, limit):
+        kind, _, rest = member.partition("|")
         try:
-            c = orch.compiled(run_id)
-            node = c.nodes[slug]
-            orch.publisher.publish(run_id, node, orch.registry.get(node.plugin), [(index, attempt)])
+            if kind == "retry":
+                run_id, slug, index, attempt = rest.rsplit("|", 3)
+                node = orch.compiled(run_id).nodes[slug]
+                plugin = orch.registry.get(node.plugin)
+                orch.publisher.publish(run_id, node, plugin, [(int(index), int(attempt))])
+            elif kind == "hook":
+                run_id, event = rest.rsplit("|", 1)
+                orch.publisher.publish_hooks(run_id, event)
         except Exception:
-            log.exception("run %s node %s task %s: retry could not be sent", run_id, slug, index)
+            log.exception("due entry %s could not be sent", member)
             continue
-        store.unschedule(run_id, slug, index, attempt)
+        store.unschedule(member)
         sent += 1
     return sent
 

@@ -337,7 +337,7 @@ class Store:
         traceback: str,
     ) -> bool:
         at = now()
-        member = f"{run_id}|{slug}|{index}|{attempt + 1}"
+        member = f"retry|{run_id}|{slug}|{index}|{attempt + 1}"
         done = self._scripts["retry_task"](
             keys=[
                 self.keys.task(run_id, slug, index),
@@ -348,16 +348,19 @@ class Store:
         )
         return bool(done)
 
-    def claim_due(self, lease: float, limit: int = 100) -> list[tuple[str, str, int, int]]:
-        members = self._scripts["claim_due"](keys=[self.keys.due], args=[now(), lease, limit])
-        out = []
-        for member in members:
-            run_id, slug, index, attempt = member.rsplit("|", 3)
-            out.append((run_id, slug, int(index), int(attempt)))
-        return out
+    def claim_due(self, lease: float, limit: int = 100) -> list[str]:
+        """Lease due entries (``retry|run|slug|index|attempt`` or ``hook|run|event``)."""
+        members: list[str] = self._scripts["claim_due"](
+            keys=[self.keys.due], args=[now(), lease, limit]
+        )
+        return members
 
-    def unschedule(self, run_id: str, slug: str, index: int, attempt: int) -> None:
-        self.r.zrem(self.keys.due, f"{run_id}|{slug}|{index}|{attempt}")
+    def unschedule(self, member: str) -> None:
+        self.r.zrem(self.keys.due, member)
+
+    def claim_hooks(self, run_id: str, event: str) -> bool:
+        """True for the first caller only: hooks of an event run once per run."""
+        return bool(self.r.hsetnx(self.keys.run(run_id), f"hooks:{event}", now()))
 
     def history(self, run_id: str, slug: str, index: int) -> list[dict[str, Any]]:
         """Every finished attempt of a task, oldest first (a single attempt is the task hash)."""
@@ -369,13 +372,17 @@ class Store:
         task = self.task(run_id, slug, index)
         if task.get("state") not in ("completed", "failed", "cancelled", "compensated"):
             return []
-        return [{
-            "attempt": int(task.get("attempt", 1)), "state": task["state"],
-            "error": task.get("error", ""), "outputs": int(task.get("outputs", 0)),
-            "started_at": float(task["started_at"]) if task.get("started_at") else None,
-            "finished_at": float(task["finished_at"]) if task.get("finished_at") else None,
-            "worker": task.get("worker"),
-        }]
+        return [
+            {
+                "attempt": int(task.get("attempt", 1)),
+                "state": task["state"],
+                "error": task.get("error", ""),
+                "outputs": int(task.get("outputs", 0)),
+                "started_at": float(task["started_at"]) if task.get("started_at") else None,
+                "finished_at": float(task["finished_at"]) if task.get("finished_at") else None,
+                "worker": task.get("worker"),
+            }
+        ]
 
     def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))

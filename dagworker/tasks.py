@@ -40,6 +40,15 @@ class CeleryPublisher:
         self.app = app
         self.default_queue = default_queue
 
+    def publish_hooks(self, run_id: str, event: str) -> None:
+        self.app.send_task(
+            HOOKS_TASK,
+            kwargs={"run": run_id, "event": event},
+            task_id=f"{run_id}:hooks:{event}",
+            queue=self.default_queue,
+            ignore_result=True,
+        )
+
     def publish(
         self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
     ) -> None:
@@ -61,6 +70,28 @@ class CeleryPublisher:
                     ignore_result=True,
                     **limits,
                 )
+
+
+HOOKS_TASK = "dagworker.hooks"
+
+
+def register_hooks_task(app: Celery) -> Task:
+    """The task that runs terminal-state hooks on a worker, once per run and event."""
+    if HOOKS_TASK in app.tasks:
+        return app.tasks[HOOKS_TASK]
+
+    def run_hooks(run: str, event: str) -> int:
+        from dagworker.hooks import call_hooks
+        from dagworker.status import read_status
+        from dagworker.worker import orchestrator
+
+        store = orchestrator().store
+        if not store.claim_hooks(run, event):
+            return 0  # already called (a duplicate delivery or schedule)
+        return call_hooks(event, read_status(store, run))
+
+    registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
+    return registered
 
 
 def register_plugin_task(app: Celery, plugin: Plugin) -> Task:

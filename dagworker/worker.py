@@ -24,10 +24,10 @@ from celery import Celery, signals
 from dagworker.errors import PluginLoadError
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
-from dagworker.reconciler import publish_due_retries, try_reconcile
+from dagworker.reconciler import publish_due, try_reconcile
 from dagworker.settings import Settings
 from dagworker.store import Store
-from dagworker.tasks import CeleryPublisher, register_plugin_task
+from dagworker.tasks import CeleryPublisher, register_hooks_task, register_plugin_task
 
 log = logging.getLogger("dagworker.worker")
 
@@ -110,6 +110,7 @@ def orchestrator() -> Orchestrator:
 
 
 def register_tasks() -> None:
+    register_hooks_task(app)
     for plug in registry.all():
         register_plugin_task(app, plug)
 
@@ -160,7 +161,7 @@ def _background_loop() -> None:
     while not _stop.wait(DUE_POLL_S):
         try:
             orch = orchestrator()
-            publish_due_retries(orch)
+            publish_due(orch)
             if time.monotonic() >= next_pass:
                 next_pass = time.monotonic() + interval
                 try_reconcile(orch, interval)

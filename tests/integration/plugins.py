@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from dagworker import TaskContext, plugin
+from dagworker import TaskContext, on_run, plugin
 
 _client: redis.Redis | None = None
 
@@ -179,3 +179,12 @@ def t_kwargs(ctx: TaskContext, **kwargs: Any) -> dict[str, Any]:
     """Return exactly the keyword arguments the bindings produced."""
     note(ctx)
     return {"kwargs": kwargs}
+
+
+@on_run("completed", "failed", "cancelled", "rolled_back", "rollback_failed")
+def t_record_hook(status: Any) -> None:
+    prefix = os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker")
+    _redis().rpush(
+        f"{prefix}:test:hooks:{status.run_id}",
+        json.dumps({"status": status.status, "pid": os.getpid()}),
+    )
