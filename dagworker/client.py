@@ -77,6 +77,12 @@ class RunHandle:
 
         return resume(self.client.orchestrator, self.id)
 
+    def rollback(self) -> bool:
+        """Undo the run's completed work (or resume a failed rollback); False if nothing to do."""
+        from dagworker.rollback import request
+
+        return request(self.client.orchestrator, self.id)
+
     def outputs(self, node: str) -> list[dict[str, Any]]:
         """Fields of every artifact a node produced, in task then emission order."""
         return [a.fields for a in self.client.store.iter_artifacts(self.id, node)]

@@ -22,7 +22,7 @@ from dagworker.artifact import artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
 from dagworker.faults import crash_point
-from dagworker.pipeline import FanMode, Node, Retry
+from dagworker.pipeline import FanMode, Node, OnFailure, Retry
 from dagworker.plugin import Plugin
 from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, encode_artifact
 
@@ -42,6 +42,13 @@ class RetryPolicy:
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     jitter: bool = True
+
+    @classmethod
+    def for_compensation(cls, plugin: Plugin) -> RetryPolicy:
+        """Compensations retry on their own policy: undoing matters more than doing."""
+        if plugin.rollback_retry:
+            return cls(**Retry(**plugin.rollback_retry).model_dump())
+        return cls(max_attempts=3, backoff_s=1.0, max_backoff_s=30.0)
 
     @classmethod
     def for_node(cls, node: Node, plugin: Plugin | None) -> RetryPolicy:
@@ -166,6 +173,8 @@ def _failed(
     finish = orch.store.finish_task(
         c.run_id, node.slug, index, attempt, "failed", error=error, traceback=trace
     )
+    if finish.verdict == "recorded" and node.on_failure is OnFailure.FAIL_RUN and not finish.settle:
+        orch.fail_fast(c.run_id, node.slug, f"task {index}: {error}")
     if finish.settle:
         orch.advance(c.run_id)
     return "failed"
@@ -254,3 +263,54 @@ def _run_plugin(
             store.r.delete(staged)
         raise
     return encoded, None, count
+
+
+def execute_compensation(
+    orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
+) -> str:
+    """Run one delivery of a compensation attempt: the plugin's rollback for one task.
+
+    The rollback gets the task's original inputs (as the plugin saw them), its outputs and the
+    run's error. A failing rollback is retried on its own policy, then fails its node's
+    compensation (the run ends ``rollback_failed``), never the worker.
+    """
+    store = orch.store
+    try:
+        begin = store.begin_compensation(run_id, slug, index, attempt, orch.hostname)
+    except RunNotFound:
+        return "missing"
+    if begin.verdict == "finished":
+        orch.advance(run_id)  # redelivered after it was recorded: make sure it was settled
+        return "duplicate"
+    if begin.verdict != "run":
+        return begin.verdict
+    c = orch.compiled(run_id)
+    node = c.nodes[slug]
+    plugin = orch.registry.get(node.plugin)
+    try:
+        ctx = _context(orch, c, node, index, attempt, begin.spec)
+        ctx.outputs = [a.fields for a in store.task_outputs(run_id, slug, index)]
+        run = store.run(run_id)
+        ctx.error = run.get("cause") or run.get("error") or None
+        with time_limit(node.timeout_s or plugin.timeout_s, slug):
+            plugin.compensate(ctx)
+    except Exception as exc:  # a failing rollback fails its compensation, never the worker
+        error = f"{type(exc).__name__}: {exc}"
+        trace = tb.format_exc(limit=20)
+        log.warning(
+            "run %s node %s task %s: compensation %d failed: %s",
+            *(run_id, slug, index, attempt, error),
+        )
+        policy = RetryPolicy.for_compensation(plugin)
+        if attempt < policy.max_attempts and store.retry_task(
+            run_id, slug, index, attempt, policy.delay(attempt), error, trace, compensation=True
+        ):
+            return "retrying"
+        finish = store.finish_compensation(run_id, slug, index, attempt, False, error, trace)
+        outcome = "failed"
+    else:
+        finish = store.finish_compensation(run_id, slug, index, attempt, True)
+        outcome = "compensated"
+    if finish.settle:
+        orch.advance(run_id)
+    return outcome if finish.verdict == "recorded" else finish.verdict

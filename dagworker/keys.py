@@ -31,7 +31,7 @@ class Keys:
 
     @property
     def due(self) -> str:
-        """Sorted set: ``run|slug|index|attempt`` -> due time, for retries waiting to be sent."""
+        """Sorted set: ``kind|run|...`` -> due time: retries, compensation retries and hooks."""
         return f"{self.prefix}:due"
 
     @property
@@ -89,6 +89,18 @@ class Keys:
     def outbox(self, run_id: str) -> str:
         """Sorted set: ``<slug>|<first>|<last>`` batches claimed but not confirmed published."""
         return f"{self.prefix}:run:{{{run_id}}}:outbox"
+
+    def comp_settle(self, run_id: str) -> str:
+        """Set: slugs whose compensations are all finished, waiting for the orchestrator."""
+        return f"{self.prefix}:run:{{{run_id}}}:comp:settle"
+
+    def comp_launching(self, run_id: str) -> str:
+        """Sorted set: slug -> claim time, for compensations claimed but not all published."""
+        return f"{self.prefix}:run:{{{run_id}}}:comp:launching"
+
+    def notable(self, run_id: str, slug: str) -> str:
+        """Sorted set: task index -> time, for tasks of a node that failed or were retried."""
+        return f"{self.prefix}:run:{{{run_id}}}:notable:{slug}"
 
     def events(self, run_id: str) -> str:
         """List: status transitions and notable events, JSON lines, in order."""

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dagworker import rollback
 from dagworker.artifact import Artifact
 from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
 from dagworker.errors import (
@@ -41,7 +42,7 @@ from dagworker.graph import Graph
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans
-from dagworker.settlement import NodeOutcome, decide
+from dagworker.settlement import Decision, NodeOutcome, decide
 from dagworker.states import NodeState, RunState
 from dagworker.store import LazyMap, Store, now
 
@@ -58,6 +59,10 @@ class Publisher(Protocol):
     ) -> None: ...
 
     def publish_hooks(self, run_id: str, event: str) -> None: ...
+
+    def publish_compensations(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -159,13 +164,26 @@ class Orchestrator:
             self.launch(run_id, slug)
         return run_id
 
-    def claim_ops(self, run_id: str, slug: str, at: float) -> list[tuple[Any, ...]]:
+    def claim_ops(
+        self, run_id: str, slug: str, at: float, *, count: bool = True
+    ) -> list[tuple[Any, ...]]:
         k = self.store.keys
-        return [
+        ops: list[tuple[Any, ...]] = [
             (k.nodes(run_id), "hset", slug, NodeState.RUNNING.value),
             (k.node(run_id, slug), "hset", "started_at", at),
             (k.launching(run_id), "zadd", at, slug),
         ]
+        if count:
+            # running nodes are counted so a failing run knows when it has drained (§7)
+            ops.append((k.run(run_id), "hincrby", "nodes_running", 1))
+        return ops
+
+    def compensable(self, c: Compiled) -> bool:
+        """Whether any node's plugin has a rollback: then a failing run rolls back (§7)."""
+        return any(
+            node.plugin in self.registry and self.registry.get(node.plugin).rollback_func
+            for node in c.nodes.values()
+        )
 
     # -- launching ----------------------------------------------------------------------------
 
@@ -272,19 +290,26 @@ class Orchestrator:
     # -- settling -----------------------------------------------------------------------------
 
     def advance(self, run_id: str) -> None:
-        """Settle the nodes waiting in the settle set; claim and launch what became ready."""
+        """Settle what waits in the settle sets; claim and launch what became ready."""
+        store, k = self.store, self.store.keys
+        forward, backward = store.r.scard(k.settle(run_id)), store.r.scard(k.comp_settle(run_id))
+        if forward and self._advance_forward(run_id):
+            rollback.start(self, run_id)
+        if backward:
+            rollback.advance(self, run_id)
+
+    def _advance_forward(self, run_id: str) -> bool:
+        """Settle nodes whose tasks are done; True when a run rolling back has now drained."""
         store = self.store
-        if not store.r.scard(store.keys.settle(run_id)):
-            return
         c = self.compiled(run_id)
         while True:
             with store.lock(run_id):
                 pending = store.settle_pending(run_id)
                 if not pending:
-                    return
+                    return False
                 run = store.run(run_id)
                 version = int(run.get("version") or 0)
-                ops, decision = self._decide(c, run, pending)
+                ops, decision, drained = self._decide(c, run, pending)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
                 if store.commit(run_id, version, ops) >= 0:
@@ -294,10 +319,11 @@ class Orchestrator:
             log.info("run %s %s", run_id, decision.run_state.value)
         for slug in decision.claimed:
             self.launch(run_id, slug)
+        return drained
 
     def _decide(
         self, c: Compiled, run: Mapping[str, str], pending: set[str]
-    ) -> tuple[list[tuple[Any, ...]], Any]:
+    ) -> tuple[list[tuple[Any, ...]], Decision, bool]:
         store, k = self.store, self.store.keys
         # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
         # skip cascades): the cost follows the work caused, not the size of the graph.
@@ -339,7 +365,7 @@ class Orchestrator:
         for slug, state in decision.states.items():
             ops.append((k.nodes(c.run_id), "hset", slug, state.value))
             if state is NodeState.RUNNING:
-                ops += self.claim_ops(c.run_id, slug, at)[1:]
+                ops += self.claim_ops(c.run_id, slug, at, count=False)[1:]
             else:
                 ops.append((k.node(c.run_id, slug), "hset", "finished_at", at))
 
@@ -349,23 +375,59 @@ class Orchestrator:
             ops.append((k.nodes(c.run_id), "hset", f"{slug}:wait", wait))
         if decision.settled:
             ops.append((k.run(c.run_id), "hincrby", "nodes_settled", decision.settled))
-        if decision.run_state is not None:
+        running = int(run.get("nodes_running") or 0) - decision.ran + len(decision.claimed)
+        if running != int(run.get("nodes_running") or 0):
+            ops.append((k.run(c.run_id), "hset", "nodes_running", running))
+        status = RunState(run["status"])
+        if decision.run_state is RunState.FAILED and decision.fail_fast and self.compensable(c):
+            # Undo instead of stopping: tasks still queued are cancelled on delivery, running
+            # ones finish, and the compensations start once nothing runs (rollback.start).
+            decision.run_state = RunState.ROLLING_BACK
             ops += [
-                (k.run(c.run_id), "hset", "status", decision.run_state.value),
-                (k.run(c.run_id), "hset", "finished_at", at),
+                (k.run(c.run_id), "hset", "status", RunState.ROLLING_BACK.value),
                 (k.run(c.run_id), "hset", "error", decision.error or ""),
-                (k.runs_active, "zrem", c.run_id),
-                # hooks are scheduled in the same atomic step that ends the run
-                (k.due, "zadd", at, f"hook|{c.run_id}|{decision.run_state.value}"),
+                (k.run(c.run_id), "hset", "cause", decision.error or ""),
                 (
                     k.events(c.run_id),
                     "rpush",
-                    json.dumps(
-                        {"at": at, "status": decision.run_state.value, "error": decision.error}
-                    ),
+                    store.event_json(at, RunState.ROLLING_BACK, decision.error),
                 ),
             ]
-        return ops, decision
+            status = RunState.ROLLING_BACK
+        elif decision.run_state is not None:
+            ops += store.end_ops(c.run_id, decision.run_state, at, decision.error)
+        drained = status is RunState.ROLLING_BACK and running <= 0
+        return ops, decision, drained
+
+    def fail_fast(self, run_id: str, slug: str, error: str) -> None:
+        """A task of a ``fail_run`` node failed for good: stop the run now, not when the node's
+        other tasks are done (a 100,000-task node must not run to the end first). The node
+        itself settles as failed later, once its remaining tasks finish or are cancelled."""
+        store, k = self.store, self.store.keys
+        c = self.compiled(run_id)
+        message = f"node {slug!r} failed: {error}"
+        while True:
+            with store.lock(run_id):
+                run = store.run(run_id)
+                if run["status"] not in ACTIVE:
+                    return
+                at = now()
+                ops: list[tuple[Any, ...]] = [(k.run(run_id), "hset", "cause", message)]
+                if self.compensable(c):
+                    ops += [
+                        (k.run(run_id), "hset", "status", RunState.ROLLING_BACK.value),
+                        (k.run(run_id), "hset", "error", message),
+                        (
+                            k.events(run_id),
+                            "rpush",
+                            store.event_json(at, RunState.ROLLING_BACK, message),
+                        ),
+                    ]
+                else:
+                    ops += store.end_ops(run_id, RunState.FAILED, at, message)
+                if store.commit(run_id, int(run.get("version") or 0), ops) >= 0:
+                    log.info("run %s stopped: %s", run_id, message)
+                    return
 
     def _first_error(self, run_id: str, slug: str, tasks: int) -> str:
         for index in range(min(tasks, 50)):
@@ -379,3 +441,9 @@ class Orchestrator:
         from dagworker.execution import execute
 
         return execute(self, run_id, slug, index, attempt)
+
+    def compensate(self, run_id: str, slug: str, index: int, attempt: int) -> str:
+        """Run one delivery of a compensation attempt (see ``dagworker.execution``)."""
+        from dagworker.execution import execute_compensation
+
+        return execute_compensation(self, run_id, slug, index, attempt)

@@ -26,7 +26,17 @@ from dagworker.errors import (
 PluginFunc = Callable[..., Any]
 RollbackFunc = Callable[[TaskContext], Any]
 
-_OPTIONS = frozenset({"queue", "retry", "timeout_s", "compensate_failed", "version", "description"})
+_OPTIONS = frozenset(
+    {
+        "queue",
+        "retry",
+        "rollback_retry",
+        "timeout_s",
+        "compensate_failed",
+        "version",
+        "description",
+    }
+)
 _RETRY_KEYS = frozenset({"max_attempts", "backoff_s", "max_backoff_s", "jitter"})
 
 
@@ -46,6 +56,8 @@ class Plugin:
     accepts_any: bool  # the function takes **kwargs
     queue: str | None = None
     retry: Mapping[str, Any] | None = None
+    #: Retries of the compensation; by default 3 attempts, backoff from 1 s.
+    rollback_retry: Mapping[str, Any] | None = None
     timeout_s: float | None = None
     compensate_failed: bool = False
     version: str = "1"
@@ -74,6 +86,14 @@ class Plugin:
             )
         self.rollback_func = func
         return func
+
+    def compensate(self, ctx: TaskContext) -> None:
+        """Call the rollback (sync or async); its return value is ignored."""
+        if self.rollback_func is None:
+            raise PluginError(f"plugin {self.name!r} has no rollback")
+        result = self.rollback_func(ctx)
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
 
     def iter_outputs(self, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """Call the plugin and yield its artifacts' fields, checking each is a JSON object."""
@@ -174,14 +194,18 @@ def _check_options(name: str, options: Mapping[str, Any]) -> None:
                 f"plugin {name!r}: unknown option {key!r};"
                 f"{did_you_mean(key, _OPTIONS) or ' options are ' + ', '.join(sorted(_OPTIONS))}"
             )
-    retry = options.get("retry")
-    if retry is not None:
+    for option in ("retry", "rollback_retry"):
+        retry = options.get(option)
+        if retry is None:
+            continue
         bad = set(retry) - _RETRY_KEYS
         if bad:
-            raise PluginSignatureError(f"plugin {name!r}: unknown retry keys {sorted(bad)}")
+            raise PluginSignatureError(f"plugin {name!r}: unknown {option} keys {sorted(bad)}")
         attempts = retry.get("max_attempts", 1)
         if not isinstance(attempts, int) or attempts < 1:
-            raise PluginSignatureError(f"plugin {name!r}: retry.max_attempts must be an int >= 1")
+            raise PluginSignatureError(
+                f"plugin {name!r}: {option}.max_attempts must be an int >= 1"
+            )
     timeout = options.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, int | float) or not 0 < timeout < math.inf):
         raise PluginSignatureError(f"plugin {name!r}: timeout_s must be a positive number")
@@ -259,7 +283,8 @@ registry = Registry()
 def plugin(name: str | PluginFunc | None = None, /, **options: Any) -> Any:
     """Register a plugin: ``@plugin``, ``@plugin("name")`` or ``@plugin("name", queue=..., ...)``.
 
-    Options: queue, retry (dict), timeout_s, compensate_failed, version, description. Unknown
+    Options: queue, retry (dict), rollback_retry (dict), timeout_s, compensate_failed, version,
+    description. Unknown
     options are refused.
     """
     if callable(name):

@@ -9,7 +9,9 @@ sets, never at every task:
   finish script fences it);
 - nodes claimed whose launch has not finished and has not moved for the grace period are
   launched again (the launch resumes at its cursor);
-- nodes waiting in the settle set are settled.
+- nodes waiting in the settle set are settled;
+- a run rolling back has its rollback started once it drained, its stalled compensation
+  launches resumed and its compensation settle set settled (``rollback.repair``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from dagworker import rollback
 from dagworker.orchestrator import Orchestrator
 from dagworker.store import now
 
@@ -71,6 +74,8 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
     if store.settle_pending(run_id):
         repairs.settled += 1
         orch.advance(run_id)
+    if store.run(run_id).get("status") == "rolling_back":
+        repairs.relaunched += rollback.repair(orch, run_id, cutoff)
 
 
 #: A poller that claimed a due retry has this long to publish it before another one may.
@@ -89,6 +94,13 @@ def publish_due(orch: Orchestrator, limit: int = 100) -> int:
                 node = orch.compiled(run_id).nodes[slug]
                 plugin = orch.registry.get(node.plugin)
                 orch.publisher.publish(run_id, node, plugin, [(int(index), int(attempt))])
+            elif kind == "comp":
+                run_id, slug, index, attempt = rest.rsplit("|", 3)
+                node = orch.compiled(run_id).nodes[slug]
+                plugin = orch.registry.get(node.plugin)
+                orch.publisher.publish_compensations(
+                    run_id, node, plugin, [(int(index), int(attempt))]
+                )
             elif kind == "hook":
                 run_id, event = rest.rsplit("|", 1)
                 orch.publisher.publish_hooks(run_id, event)

@@ -43,6 +43,8 @@ class Decision:
     run_state: RunState | None = None  # set when the run ends
     error: str | None = None
     failed: list[str] = field(default_factory=list)  # every failed node of the run so far
+    fail_fast: bool = False  # a fail_run node failed: the run stops (and may roll back)
+    ran: int = 0  # nodes that were running and settled now (they leave the running count)
 
 
 def decide(
@@ -70,6 +72,7 @@ def decide(
     work: list[tuple[str, NodeState]] = [
         (slug, outcome.final_state()) for slug, outcome in outcomes.items()
     ]
+    ran = set(outcomes)
     launching = run_state is RunState.RUNNING
     failed = list(failed_before)
     while work:
@@ -78,11 +81,13 @@ def decide(
             continue
         changed[slug] = decision.states[slug] = final
         decision.settled += 1
+        decision.ran += slug in ran
         if final is NodeState.FAILED:
             failed.append(slug)
             if policies[slug] is OnFailure.FAIL_RUN and decision.error is None:
                 detail = (errors or {}).get(slug)
                 decision.error = f"node {slug!r} failed" + (f": {detail}" if detail else "")
+                decision.fail_fast = True
                 launching = False
         for succ in graph.successors[slug]:
             remaining = decision.waits.get(succ, waits[succ]) - 1
@@ -96,9 +101,12 @@ def decide(
                 changed[succ] = decision.states[succ] = NodeState.RUNNING
                 decision.claimed.append(succ)
     decision.failed = failed
-    if decision.error is not None and run_state is RunState.RUNNING:
+    # Only a live run ends here: a run rolling back or cancelled still settles the nodes whose
+    # tasks were in flight, but its state is decided elsewhere.
+    live = run_state in (RunState.RUNNING, RunState.PAUSED)
+    if decision.fail_fast and live:
         decision.run_state = RunState.FAILED
-    elif settled_before + decision.settled == len(graph.order) and not run_state.terminal:
+    elif settled_before + decision.settled == len(graph.order) and live:
         decision.run_state = RunState.FAILED if failed else RunState.COMPLETED
         if failed and decision.error is None:
             decision.error = "node(s) failed: " + ", ".join(sorted(failed))

@@ -93,7 +93,13 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     ),
     # A paused run still records what finishes, so it can complete or fail while paused.
     RunState.PAUSED: frozenset(
-        {RunState.RUNNING, RunState.CANCELLED, RunState.FAILED, RunState.COMPLETED}
+        {
+            RunState.RUNNING,
+            RunState.CANCELLED,
+            RunState.FAILED,
+            RunState.COMPLETED,
+            RunState.ROLLING_BACK,
+        }
     ),
     RunState.COMPLETED: frozenset({RunState.ROLLING_BACK}),
     RunState.FAILED: frozenset({RunState.ROLLING_BACK, RunState.RUNNING}),
@@ -109,10 +115,11 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     ),
     NodeState.RUNNING: frozenset({NodeState.COMPLETED, NodeState.FAILED, NodeState.CANCELLED}),
     NodeState.COMPLETED: frozenset({NodeState.ROLLED_BACK}),
-    NodeState.FAILED: frozenset({NodeState.ROLLED_BACK}),
+    # a retried run sends failed, cancelled and skipped nodes round again (§7 retry)
+    NodeState.FAILED: frozenset({NodeState.ROLLED_BACK, NodeState.RUNNING, NodeState.PENDING}),
     NodeState.FILTERED: frozenset(),
-    NodeState.SKIPPED: frozenset(),
-    NodeState.CANCELLED: frozenset(),
+    NodeState.SKIPPED: frozenset({NodeState.PENDING}),
+    NodeState.CANCELLED: frozenset({NodeState.ROLLED_BACK, NodeState.RUNNING, NodeState.PENDING}),
     NodeState.ROLLED_BACK: frozenset(),
 }
 

@@ -21,6 +21,7 @@ from dagworker.errors import RunNotFound, StoreError
 from dagworker.keys import Keys
 from dagworker.lock import RunLock
 from dagworker.settings import Settings
+from dagworker.states import RunState
 
 #: Outputs up to this many go to the completion script inline; more are staged in chunks.
 INLINE_OUTPUTS = 200
@@ -120,6 +121,10 @@ class Store:
                 "finish_task",
                 "retry_task",
                 "claim_due",
+                "mark_compensations",
+                "finish_comp_launch",
+                "begin_compensation",
+                "finish_compensation",
             )
         }
 
@@ -194,6 +199,24 @@ class Store:
 
     def lock(self, run_id: str) -> RunLock:
         return RunLock(self.r, self.keys.lock(run_id), self.settings.lock_timeout)
+
+    @staticmethod
+    def event_json(at: float, status: RunState, error: str | None = None) -> str:
+        return json.dumps({"at": at, "status": status.value, "error": error})
+
+    def end_ops(
+        self, run_id: str, state: RunState, at: float, error: str | None
+    ) -> list[tuple[Any, ...]]:
+        """Commit ops that end a run; its hooks are scheduled in the same atomic commit."""
+        k = self.keys
+        return [
+            (k.run(run_id), "hset", "status", state.value),
+            (k.run(run_id), "hset", "finished_at", at),
+            (k.run(run_id), "hset", "error", error or ""),
+            (k.runs_active, "zrem", run_id),
+            (k.due, "zadd", at, f"hook|{run_id}|{state.value}"),
+            (k.events(run_id), "rpush", self.event_json(at, state, error)),
+        ]
 
     def commit(self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]]) -> int:
         """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale."""
@@ -310,6 +333,7 @@ class Store:
                 staging,
                 k.settle(run_id),
                 k.history(run_id, slug, index),
+                k.notable(run_id, slug),
             ],
             args=[
                 attempt,
@@ -335,16 +359,32 @@ class Store:
         delay: float,
         error: str,
         traceback: str,
+        *,
+        compensation: bool = False,
     ) -> bool:
+        """Schedule the next attempt of a task (or of its compensation) in the due set."""
         at = now()
-        member = f"retry|{run_id}|{slug}|{index}|{attempt + 1}"
+        kind = "comp" if compensation else "retry"
+        member = f"{kind}|{run_id}|{slug}|{index}|{attempt + 1}"
         done = self._scripts["retry_task"](
             keys=[
                 self.keys.task(run_id, slug, index),
                 self.keys.history(run_id, slug, index),
                 self.keys.due,
+                self.keys.run(run_id),
+                self.keys.notable(run_id, slug),
             ],
-            args=[attempt, at, at + delay, member, error, traceback],
+            args=[
+                attempt,
+                at,
+                at + delay,
+                member,
+                error,
+                traceback,
+                "rb_" if compensation else "",
+                "rolling_back" if compensation else "running",
+                index,
+            ],
         )
         return bool(done)
 
@@ -363,26 +403,40 @@ class Store:
         return bool(self.r.hsetnx(self.keys.run(run_id), f"hooks:{event}", now()))
 
     def history(self, run_id: str, slug: str, index: int) -> list[dict[str, Any]]:
-        """Every finished attempt of a task, oldest first (a single attempt is the task hash)."""
+        """Every finished attempt of a task and of its compensation, oldest first.
+
+        A task that succeeded at its first attempt has no history list (one key less per task):
+        its one attempt is described by the task hash.
+        """
         entries = [
             json.loads(e) for e in self.r.lrange(self.keys.history(run_id, slug, index), 0, -1)
         ]
-        if entries:
-            return entries
         task = self.task(run_id, slug, index)
-        if task.get("state") not in ("completed", "failed", "cancelled", "compensated"):
-            return []
-        return [
-            {
-                "attempt": int(task.get("attempt", 1)),
-                "state": task["state"],
+        forward = [e for e in entries if e.get("kind", "task") == "task"]
+        last_recorded = forward and int(forward[-1]["attempt"]) == int(task.get("attempt", 1))
+        finished = task.get("finished_at") and task.get("state") in (
+            "completed",
+            "failed",
+            "cancelled",
+            "compensated",
+        )
+        if finished and not last_recorded and int(task.get("attempt", 1)) == 1:
+            first = {
+                "kind": "task",
+                "attempt": 1,
+                "state": "completed" if task["state"] == "compensated" else task["state"],
                 "error": task.get("error", ""),
                 "outputs": int(task.get("outputs", 0)),
                 "started_at": float(task["started_at"]) if task.get("started_at") else None,
-                "finished_at": float(task["finished_at"]) if task.get("finished_at") else None,
+                "finished_at": float(task["finished_at"]),
                 "worker": task.get("worker"),
             }
-        ]
+            entries.insert(0, first)
+        return entries
+
+    def notable_tasks(self, run_id: str, slug: str, limit: int = 20) -> list[int]:
+        """Indices of a node's failed or retried tasks, first noticed first (at most limit)."""
+        return [int(i) for i in self.r.zrange(self.keys.notable(run_id, slug), 0, limit - 1)]
 
     def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))
@@ -433,6 +487,87 @@ class Store:
     def task_outputs(self, run_id: str, slug: str, index: int) -> list[Artifact]:
         raw = self.r.lrange(self.keys.outputs(run_id, slug, index), 0, -1)
         return [decode_artifact(slug, index, k, v) for k, v in enumerate(raw)]
+
+    # -- compensations ---------------------------------------------------------------------------
+
+    def task_states(self, run_id: str, slug: str, first: int, last: int) -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(first, last + 1):
+            pipe.hget(self.keys.task(run_id, slug, i), "state")
+        return [s or "" for s in pipe.execute()]
+
+    def mark_compensations(
+        self, run_id: str, slug: str, indices: Sequence[int], include_failed: bool
+    ) -> list[tuple[int, int]]:
+        """Queue the compensation of these tasks; returns ``(index, attempt)`` newly queued."""
+        k = self.keys
+        flat = self._scripts["mark_compensations"](
+            keys=[k.run(run_id), k.node(run_id, slug), *(k.task(run_id, slug, i) for i in indices)],
+            args=[now(), "1" if include_failed else "0"],
+        )
+        return [(indices[int(flat[j]) - 1], int(flat[j + 1])) for j in range(0, len(flat), 2)]
+
+    def queued_compensations(
+        self, run_id: str, slug: str, first: int, last: int
+    ) -> list[tuple[int, int]]:
+        """``(index, attempt)`` of compensations still queued (a launch being resumed)."""
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(first, last + 1):
+            pipe.hmget(self.keys.task(run_id, slug, i), "rb_state", "rb_attempt")
+        return [
+            (first + i, int(attempt))
+            for i, (state, attempt) in enumerate(pipe.execute())
+            if state == "queued"
+        ]
+
+    def finish_comp_launch(self, run_id: str, slug: str) -> bool:
+        k = self.keys
+        ready = self._scripts["finish_comp_launch"](
+            keys=[k.node(run_id, slug), k.comp_settle(run_id)], args=[slug]
+        )
+        self.r.zrem(k.comp_launching(run_id), slug)
+        return bool(ready)
+
+    def begin_compensation(
+        self, run_id: str, slug: str, index: int, attempt: int, worker: str
+    ) -> TaskBegin:
+        k = self.keys
+        verdict, spec, state = self._scripts["begin_compensation"](
+            keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
+        )
+        return TaskBegin(verdict, json.loads(spec) if spec else {}, state)
+
+    def finish_compensation(
+        self,
+        run_id: str,
+        slug: str,
+        index: int,
+        attempt: int,
+        ok: bool,
+        error: str = "",
+        traceback: str = "",
+    ) -> TaskFinish:
+        k = self.keys
+        verdict, settle = self._scripts["finish_compensation"](
+            keys=[
+                k.node(run_id, slug),
+                k.task(run_id, slug, index),
+                k.comp_settle(run_id),
+                k.history(run_id, slug, index),
+            ],
+            args=[attempt, "done" if ok else "failed", now(), slug, error, traceback],
+        )
+        return TaskFinish(verdict, bool(settle))
+
+    def comp_settle_pending(self, run_id: str) -> set[str]:
+        members: set[str] = self.r.smembers(self.keys.comp_settle(run_id))
+        return members
+
+    def stale_comp_launches(self, run_id: str, older_than: float) -> list[str]:
+        slugs: list[str] = self.r.zrangebyscore(
+            self.keys.comp_launching(run_id), "-inf", older_than
+        )
+        return slugs
 
     def add_event(self, run_id: str, event: Mapping[str, Any]) -> None:
         self.r.rpush(self.keys.events(run_id), json.dumps(event))

@@ -18,6 +18,7 @@ from dagworker.plugin import Plugin
 log = logging.getLogger("dagworker.tasks")
 
 PLUGIN_TASK_PREFIX = "dagworker.plugin."
+ROLLBACK_TASK_PREFIX = "dagworker.rollback."
 #: dagworker raises its own timeout inside the plugin at ``timeout_s`` (any pool whose tasks
 #: run in a main thread: prefork, solo). Celery's hard limit, which kills the process (prefork
 #: only), is set this much later, for a plugin that swallows the timeout.
@@ -31,6 +32,10 @@ def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
 
 def task_name(plugin_name: str) -> str:
     return PLUGIN_TASK_PREFIX + plugin_name
+
+
+def compensation_id(run_id: str, node: str, index: int, attempt: int) -> str:
+    return f"{run_id}:{node}:{index}:rb{attempt}"
 
 
 class CeleryPublisher:
@@ -52,6 +57,23 @@ class CeleryPublisher:
     def publish(
         self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
     ) -> None:
+        self._send(run_id, node, plugin, tasks, task_name(plugin.name), task_id)
+
+    def publish_compensations(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None:
+        name = ROLLBACK_TASK_PREFIX + plugin.name
+        self._send(run_id, node, plugin, tasks, name, compensation_id)
+
+    def _send(
+        self,
+        run_id: str,
+        node: Node,
+        plugin: Plugin,
+        tasks: list[tuple[int, int]],
+        name: str,
+        make_id: Any,
+    ) -> None:
         queue = node.queue or plugin.queue or self.default_queue
         timeout = node.timeout_s or plugin.timeout_s
         limits: dict[str, Any] = {}
@@ -62,9 +84,9 @@ class CeleryPublisher:
         with self.app.producer_or_acquire() as producer:
             for index, attempt in tasks:
                 self.app.send_task(
-                    task_name(plugin.name),
+                    name,
                     kwargs={"run": run_id, "node": node.slug, "task": index, "attempt": attempt},
-                    task_id=task_id(run_id, node.slug, index, attempt),
+                    task_id=make_id(run_id, node.slug, index, attempt),
                     queue=queue,
                     producer=producer,
                     ignore_result=True,
@@ -88,7 +110,10 @@ def register_hooks_task(app: Celery) -> Task:
         store = orchestrator().store
         if not store.claim_hooks(run, event):
             return 0  # already called (a duplicate delivery or schedule)
-        return call_hooks(event, read_status(store, run))
+        # The run may have moved on since it ended (a rollback on request): hooks get the
+        # state they were scheduled for.
+        status = read_status(store, run).model_copy(update={"status": event})
+        return call_hooks(event, status)
 
     registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
     return registered
@@ -108,4 +133,23 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
     run_plugin.__name__ = run_plugin.__qualname__ = f"plugin_{plugin.name}"
     run_plugin.__doc__ = plugin.description or f"Runs plugin {plugin.name!r}."
     registered: Task = app.task(name=name, ignore_result=True, acks_late=True)(run_plugin)
+    if plugin.rollback_func is not None:
+        register_rollback_task(app, plugin)
+    return registered
+
+
+def register_rollback_task(app: Celery, plugin: Plugin) -> Task:
+    """The Celery task that runs ``plugin``'s compensation: ``dagworker.rollback.<name>``."""
+    name = ROLLBACK_TASK_PREFIX + plugin.name
+    if name in app.tasks:
+        return app.tasks[name]
+
+    def run_rollback(run: str, node: str, task: int, attempt: int) -> str:
+        from dagworker.worker import orchestrator
+
+        return orchestrator().compensate(run, node, int(task), int(attempt))
+
+    run_rollback.__name__ = run_rollback.__qualname__ = f"rollback_{plugin.name}"
+    run_rollback.__doc__ = f"Compensates tasks of plugin {plugin.name!r}."
+    registered: Task = app.task(name=name, ignore_result=True, acks_late=True)(run_rollback)
     return registered

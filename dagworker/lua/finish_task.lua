@@ -6,6 +6,7 @@
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
 -- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
 -- KEYS[8] task history list (one JSON entry per finished attempt, when there were retries)
+-- KEYS[9] the node's notable-tasks zset (failed or retried tasks, for status)
 -- ARGV[1] attempt   ARGV[2] outcome: completed | failed | cancelled   ARGV[3] now
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
 -- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[10..] are them
@@ -47,6 +48,9 @@ if attempt > 1 then
 end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], 'error', ARGV[7], 'traceback', ARGV[8])
+end
+if outcome == 'failed' or attempt > 1 then
+  redis.call('ZADD', KEYS[9], 'NX', ARGV[3], ARGV[4])
 end
 redis.call('HINCRBY', KEYS[2], outcome, 1)
 local done = redis.call('HINCRBY', KEYS[2], 'done', 1)

@@ -188,3 +188,53 @@ def t_record_hook(status: Any) -> None:
         f"{prefix}:test:hooks:{status.run_id}",
         json.dumps({"status": status.status, "pid": os.getpid()}),
     )
+
+
+# -- sagas: plugins with compensations -------------------------------------------------------
+
+
+def _saga_step(
+    ctx: TaskContext,
+    fail: bool = False,
+    hold: float = 0.0,
+    undo_s: float = 0.0,
+    undo_fails: bool = False,
+    undo_fail_attempts: int = 0,
+) -> dict[str, Any]:
+    note(ctx, phase="start")
+    if hold:
+        time.sleep(hold)
+    if fail:
+        note(ctx, phase="failed")
+        raise RuntimeError(f"{ctx.node} refused")
+    note(ctx, phase="end")
+    return {"done": ctx.node, "task": ctx.task_index, "i": (ctx.artifact or {}).get("i")}
+
+
+def _undo_step(ctx: TaskContext) -> None:
+    note(
+        ctx,
+        phase="undo",
+        outputs=ctx.outputs,
+        error=ctx.error,
+        inputs=[a.get("i") for a in ctx.artifacts],
+    )
+    time.sleep(float(ctx.config.get("undo_s", 0.0)))
+    blocked = _redis().exists(f"{os.environ.get('DAGWORKER_KEY_PREFIX')}:test:undo-blocked")
+    if ctx.config.get("undo_fails") and blocked:
+        raise RuntimeError(f"cannot undo {ctx.node}")
+    if ctx.attempt <= int(ctx.config.get("undo_fail_attempts", 0)):
+        raise ConnectionError(f"undo attempt {ctx.attempt} lost its connection")
+    note(ctx, phase="undone")
+
+
+t_saga = plugin("t_saga", rollback_retry={"max_attempts": 3, "backoff_s": 0.1})(_saga_step)
+t_saga.rollback(_undo_step)
+
+
+def _saga_step_cf(ctx: TaskContext, fail: bool = False) -> dict[str, Any]:
+    return _saga_step(ctx, fail=fail)
+
+
+t_saga_cf = plugin("t_saga_cf", compensate_failed=True)(_saga_step_cf)
+t_saga_cf.rollback(_undo_step)
