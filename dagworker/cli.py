@@ -30,6 +30,7 @@ from dagworker.errors import (
     PipelineError,
     PluginError,
     RunNotFound,
+    RunRefused,
     RunTimeout,
 )
 from dagworker.mermaid import to_mermaid
@@ -60,7 +61,7 @@ def _errors() -> Iterator[None]:
         _exit(EXIT_NOT_FOUND, str(exc))
     except RunTimeout as exc:
         _exit(EXIT_TIMEOUT, str(exc))
-    except (PipelineError, PluginError, ConfigError) as exc:
+    except (PipelineError, PluginError, ConfigError, RunRefused) as exc:
         _exit(EXIT_INVALID, str(exc))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         _exit(EXIT_UNREACHABLE, f"cannot reach Redis: {exc} (check DAGWORKER_REDIS_URL)")
@@ -219,6 +220,89 @@ def pause(run_id: str, redis_url: str | None) -> None:
 def resume(run_id: str, redis_url: str | None) -> None:
     """Resume a paused run."""
     _control("resume", run_id, redis_url)
+
+
+def _follow_or_print(client: Client, run_id: str, wait: bool, timeout: float | None) -> None:
+    """After a control command: print the state, or follow the run to its end (exit code)."""
+    handle = client.get(run_id)
+    if not wait:
+        console.print(f"{run_id}: {handle.state().value}", highlight=False)
+        return
+    status = follow(handle.status, console, timeout=timeout)
+    if not RunState(status.status).terminal:
+        raise RunTimeout(f"run {run_id} still {status.status} after {timeout}s")
+    sys.exit(exit_code_for(status.status))
+
+
+wait_option = click.option("--wait", is_flag=True, help="Follow the run until it ends.")
+timeout_option = click.option("--timeout", type=float, default=None, help="With --wait: N s.")
+
+
+@main.command()
+@click.argument("run_id")
+@wait_option
+@timeout_option
+@redis_option
+def rollback(run_id: str, wait: bool, timeout: float | None, redis_url: str | None) -> None:
+    """Undo a run's completed work (reverse dependency order), or resume a failed rollback."""
+    with _errors():
+        client = _client(redis_url)
+        changed = client.get(run_id).rollback()
+        if not changed:
+            console.print(f"{run_id}: already rolling back or rolled back", highlight=False)
+        _follow_or_print(client, run_id, wait, timeout)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="New input value.")
+@click.option("--input-file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--on-change",
+    type=click.Choice(["reuse", "raise", "reset"]),
+    default="raise",
+    show_default=True,
+    help="When the new input differs: keep completed work, refuse, or redo everything.",
+)
+@wait_option
+@timeout_option
+@redis_option
+def retry(
+    run_id: str,
+    inputs: tuple[str, ...],
+    input_file: str | None,
+    on_change: str,
+    wait: bool,
+    timeout: float | None,
+    redis_url: str | None,
+) -> None:
+    """Restart a failed or cancelled run (same id), reusing its completed work."""
+    with _errors():
+        client = _client(redis_url)
+        handle = client.get(run_id)
+        new_input = None
+        if inputs or input_file:
+            new_input = {**handle.status().input, **parse_inputs(inputs, input_file)}
+        handle.retry(new_input, on_change)
+        _follow_or_print(client, run_id, wait, timeout)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--nodes", required=True, help="Comma-separated nodes to run again.")
+@wait_option
+@timeout_option
+@redis_option
+def replay(
+    run_id: str, nodes: str, wait: bool, timeout: float | None, redis_url: str | None
+) -> None:
+    """Start a new run reusing RUN_ID's outputs except NODES and their descendants."""
+    with _errors():
+        client = _client(redis_url)
+        new = client.get(run_id).replay([n.strip() for n in nodes.split(",") if n.strip()])
+        click.echo(new.id)
+        if wait:
+            _follow_or_print(client, new.id, wait, timeout)
 
 
 @main.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,26 @@ class RunHandle:
         from dagworker.control import resume
 
         return resume(self.client.orchestrator, self.id)
+
+    def retry(self, input: Mapping[str, Any] | None = None, on_change: str = "raise") -> bool:
+        """Restart a failed or cancelled run, reusing its completed work (same run id).
+
+        ``input``: a new run input (checked against the pipeline's schema); when its fingerprint
+        differs, ``on_change`` decides: ``raise`` (default), ``reuse`` or ``reset``.
+        """
+        from dagworker.control import retry
+
+        checked = None
+        if input is not None:
+            pipeline = self.client.orchestrator.compiled(self.id).pipeline
+            checked = check_input(pipeline, dict(input))
+        return retry(self.client.orchestrator, self.id, checked, on_change)
+
+    def replay(self, nodes: Sequence[str]) -> RunHandle:
+        """A new run reusing this run's outputs except ``nodes`` and their descendants."""
+        from dagworker.control import replay
+
+        return RunHandle(self.client, replay(self.client.orchestrator, self.id, list(nodes)))
 
     def rollback(self) -> bool:
         """Undo the run's completed work (or resume a failed rollback); False if nothing to do."""

@@ -121,7 +121,12 @@ class RunNotFound(RunError):
         super().__init__(f"no run {run_id!r} (check the id and DAGWORKER_KEY_PREFIX)")
 
 
-class IllegalTransition(RunError):
+class RunRefused(RunError):
+    """Raised when a run-control request cannot be carried out as asked (the request is wrong,
+    not the run): a state that does not allow it, an unknown node, a changed input."""
+
+
+class IllegalTransition(RunRefused):
     """Raised when a state change is not in the transition table."""
 
 

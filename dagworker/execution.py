@@ -111,7 +111,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         if finish.settle:
             orch.advance(run_id)
         return "cancelled"
-    c = orch.compiled(run_id)
+    c = orch.compiled(run_id, begin.epoch)
     node = c.nodes[slug]
     plugin: Plugin | None = None
     try:

@@ -19,6 +19,7 @@ The protocol, and the race each step closes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -67,7 +68,8 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True)
 class Compiled:
-    """A run's pipeline parsed once per worker process (the stored JSON never changes)."""
+    """A run's pipeline parsed once per worker process (the stored JSON never changes; the run
+    input may, on ``retry`` with a new input, which bumps the run's ``epoch``)."""
 
     run_id: str
     pipeline: Pipeline
@@ -76,6 +78,7 @@ class Compiled:
     run_input: dict[str, Any]
     bindings: dict[str, tuple[CompiledBinding, ...]]
     policies: dict[str, OnFailure]
+    epoch: str = ""
 
 
 class _RunCache:
@@ -83,11 +86,13 @@ class _RunCache:
         self.size = size
         self._items: OrderedDict[str, Compiled] = OrderedDict()
 
-    def get(self, store: Store, run_id: str) -> Compiled:
+    def get(self, store: Store, run_id: str, epoch: str | None = None) -> Compiled:
+        """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's."""
         item = self._items.get(run_id)
-        if item is None:
+        if item is None or (epoch is not None and epoch != item.epoch):
             pipeline = Pipeline.model_validate_json(store.pipeline_json(run_id))
-            run_input = json.loads(store.run(run_id).get("input") or "{}")
+            run = store.run(run_id)
+            run_input = json.loads(run.get("input") or "{}")
             graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
             item = Compiled(
                 run_id,
@@ -97,6 +102,7 @@ class _RunCache:
                 run_input,
                 {n.slug: compile_bindings(n) for n in pipeline.nodes},
                 {n.slug: n.on_failure for n in pipeline.nodes},
+                run.get("epoch") or "",
             )
             self._items[run_id] = item
             if len(self._items) > self.size:
@@ -104,6 +110,12 @@ class _RunCache:
         else:
             self._items.move_to_end(run_id)
         return item
+
+
+def fingerprint(run_input: Mapping[str, Any]) -> str:
+    """A run input's identity: SHA-256 of its canonical JSON (``retry`` compares it)."""
+    canonical = json.dumps(dict(run_input), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def new_run_id() -> str:
@@ -128,17 +140,27 @@ class Orchestrator:
         #: past its lock's lifetime (the version check must then refuse its commit).
         self.before_commit: Callable[[str], None] | None = None
 
-    def compiled(self, run_id: str) -> Compiled:
-        return self.cache.get(self.store, run_id)
+    def compiled(self, run_id: str, epoch: str | None = None) -> Compiled:
+        return self.cache.get(self.store, run_id, epoch)
 
     # -- starting ---------------------------------------------------------------------------
 
     def start_run(
-        self, pipeline: Pipeline, run_input: Mapping[str, Any], run_id: str | None = None
+        self,
+        pipeline: Pipeline,
+        run_input: Mapping[str, Any],
+        run_id: str | None = None,
+        reuse: tuple[str, Mapping[str, str]] | None = None,
     ) -> str:
-        """Persist a validated pipeline as a new run and launch its roots."""
+        """Persist a validated pipeline as a new run and launch its roots.
+
+        ``reuse`` is ``(old run, {slug: state})``: those nodes are taken over settled, with
+        their artifacts copied from the old run (``replay``); the others launch as their
+        dependencies allow.
+        """
         run_id = run_id or new_run_id()
         at = now()
+        reused = dict(reuse[1]) if reuse else {}
         record = {
             "id": run_id,
             "pipeline": pipeline.name,
@@ -149,18 +171,29 @@ class Orchestrator:
             "started_at": at,
             "finished_at": "",
             "input": json.dumps(dict(run_input)),
+            "input_fp": fingerprint(run_input),
             "nodes_total": len(pipeline.nodes),
-            "nodes_settled": 0,
+            "nodes_settled": len(reused),
             "tasks_total": 0,
             "tasks_done": 0,
         }
-        waits = {n.slug: len(n.depends_on) for n in pipeline.nodes}
+        if reuse:
+            record["replay_of"] = reuse[0]
+            record["reused"] = json.dumps(sorted(reused))
+        waits = {n.slug: sum(d not in reused for d in n.depends_on) for n in pipeline.nodes}
         self.store.create_run(run_id, record, pipeline.to_json(), waits)
         self.store.add_event(run_id, {"at": at, "status": RunState.RUNNING.value})
-        roots = [n.slug for n in pipeline.nodes if not n.depends_on]
-        ops = [op for slug in roots for op in self.claim_ops(run_id, slug, at)]
+        k = self.store.keys
+        ops: list[tuple[Any, ...]] = []
+        if reuse:
+            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
+            ops.append((k.run(run_id), "hset", "tasks_total", copied))
+            ops.append((k.run(run_id), "hset", "tasks_done", copied))
+            ops += [(k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()]
+        ready = [n.slug for n in pipeline.nodes if n.slug not in reused and not waits[n.slug]]
+        ops += [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
         self.store.commit(run_id, 0, ops)
-        for slug in roots:
+        for slug in ready:
             self.launch(run_id, slug)
         return run_id
 
@@ -189,7 +222,7 @@ class Orchestrator:
 
     def launch(self, run_id: str, slug: str) -> None:
         """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor)."""
-        c = self.compiled(run_id)
+        c = self.compiled(run_id, self.store.r.hget(self.store.keys.run(run_id), "epoch") or "")
         node = c.nodes[slug]
         settings = self.store.settings
         try:

@@ -92,6 +92,7 @@ class TaskBegin:
     verdict: str  # run | finished | stale | inactive | missing
     spec: dict[str, Any]
     state: str
+    epoch: str | None = None  # the run's input epoch, when the task may run
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,33 @@ class Store:
         pipe.zadd(k.runs_all, {run_id: record["created_at"]})
         pipe.rpush(k.events(run_id), json.dumps({"at": record["created_at"], "status": "pending"}))
         pipe.execute()
+
+    def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> int:
+        """Copy settled nodes (counters and artifacts) of run ``src`` into the new run ``dst``.
+
+        Server-side COPY: the artifacts never travel through the client. Returns the number of
+        tasks the copied nodes had. Task hashes are not copied: the old run keeps its history.
+        """
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        for slug in slugs:
+            pipe.hgetall(k.counts(src, slug))
+            pipe.hget(k.node(src, slug), "tasks")
+        replies = pipe.execute()
+        total = 0
+        pipe = self.r.pipeline(transaction=False)
+        for i, slug in enumerate(slugs):
+            counts, tasks = replies[2 * i], replies[2 * i + 1]
+            total += int(tasks or 0)
+            pipe.copy(k.node(src, slug), k.node(dst, slug), replace=True)
+            pipe.hset(k.node(dst, slug), "reused_from", src)
+            pipe.copy(k.counts(src, slug), k.counts(dst, slug), replace=True)
+            for index in counts:
+                pipe.copy(
+                    k.outputs(src, slug, int(index)), k.outputs(dst, slug, int(index)), replace=True
+                )
+        pipe.execute()
+        return total
 
     def run(self, run_id: str) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.run(run_id))
@@ -293,10 +321,10 @@ class Store:
         self, run_id: str, slug: str, index: int, attempt: int, worker: str
     ) -> TaskBegin:
         k = self.keys
-        verdict, spec, state = self._scripts["begin_task"](
+        verdict, spec, state, *epoch = self._scripts["begin_task"](
             keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
         )
-        return TaskBegin(verdict, json.loads(spec) if spec else {}, state)
+        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, *epoch[:1])
 
     def stage_outputs(self, key: str, encoded: Sequence[str]) -> None:
         """Append outputs of a delivery in progress; they expire if the worker dies."""

@@ -4,7 +4,8 @@
 --
 -- KEYS[1] run hash    KEYS[2] task hash
 -- ARGV[1] attempt     ARGV[2] now    ARGV[3] worker host
--- returns {verdict, spec, state}; verdict: run | finished | stale | inactive | missing
+-- returns {verdict, spec, state, epoch}; verdict: run | finished | stale | inactive | missing;
+--         epoch: the run's input epoch (a retry with a new input bumps it: caches reload)
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then
   return {'missing', '', ''}
@@ -25,4 +26,4 @@ local spec = redis.call('HGET', KEYS[2], 'spec')
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
            'attempt', asked)
 redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
-return {'run', spec, state}
+return {'run', spec, state, redis.call('HGET', KEYS[1], 'epoch') or ''}

@@ -238,3 +238,15 @@ def _saga_step_cf(ctx: TaskContext, fail: bool = False) -> dict[str, Any]:
 
 t_saga_cf = plugin("t_saga_cf", compensate_failed=True)(_saga_step_cf)
 t_saga_cf.rollback(_undo_step)
+
+
+@plugin("t_gate")
+def t_gate(ctx: TaskContext, closed_for: list[int] | None = None) -> dict[str, Any]:
+    """Fails while the deployment's gate key exists (for tasks whose input ``i`` is listed)."""
+    note(ctx)
+    prefix = os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker")
+    item = (ctx.artifact or {}).get("i")
+    gated = closed_for is None or item in closed_for
+    if gated and _redis().exists(f"{prefix}:test:gate"):
+        raise RuntimeError(f"gate closed for {ctx.node} item {item}")
+    return {"i": item, "input": ctx.input.get("tag")}
