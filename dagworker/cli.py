@@ -36,7 +36,7 @@ from dagworker.errors import (
 from dagworker.mermaid import to_mermaid
 from dagworker.pipeline import Pipeline, parse_document, read_pipeline_file
 from dagworker.plugin import registry
-from dagworker.progress import follow, render_status
+from dagworker.progress import follow, render_status, render_tasks
 from dagworker.states import RunState
 from dagworker.status import RunStatus
 
@@ -170,16 +170,28 @@ def run(
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh until the run ends.")
+@click.option("--node", "node", default=None, help="List every task of this node with attempts.")
+@click.option("--limit", type=int, default=200, show_default=True, help="With --node.")
 @redis_option
-def status(run_id: str, as_json: bool, watch: bool, redis_url: str | None) -> None:
-    """Show a run: its state, and per node the state and task counts."""
+def status(
+    run_id: str, as_json: bool, watch: bool, node: str | None, limit: int, redis_url: str | None
+) -> None:
+    """Show a run: its state, per node the state and task counts, the attempts of failed or
+    retried tasks and the run's transitions."""
     with _errors():
         handle = _client(redis_url).get(run_id)
+        if node is not None:
+            tasks = handle.tasks(node, limit)
+            if as_json:
+                click.echo(json.dumps([t.model_dump() for t in tasks], indent=2))
+            else:
+                console.print(render_tasks(node, tasks))
+            return
         current: RunStatus
         if watch and not as_json:
             current = follow(handle.status, console)
         else:
-            current = handle.status()
+            current = handle.status(history=True)
             if as_json:
                 click.echo(current.to_json())
             else:

@@ -15,7 +15,7 @@ from dagworker.plugin import Registry
 from dagworker.plugin import registry as default_registry
 from dagworker.settings import Settings
 from dagworker.states import NodeState, RunState
-from dagworker.status import RunStatus, read_status
+from dagworker.status import RunStatus, TaskHistory, read_status, task_history
 from dagworker.store import Store
 from dagworker.validation import check_input, validate
 
@@ -42,8 +42,16 @@ class RunHandle:
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
 
-    def status(self) -> RunStatus:
-        return read_status(self.client.store, self.id)
+    def status(self, history: bool = False) -> RunStatus:
+        """The run's state and per-node counts; ``history`` adds status transitions and every
+        attempt (times, worker, error) of the tasks that failed or were retried."""
+        return read_status(self.client.store, self.id, with_history=history)
+
+    def tasks(self, node: str, limit: int = 200) -> list[TaskHistory]:
+        """Every task of ``node`` (the first ``limit``) with all its attempts."""
+        counters = self.client.store.node_counters(self.id, [node])[node]
+        total = min(int(counters.get("tasks", 0)), limit)
+        return [task_history(self.client.store, self.id, node, i) for i in range(total)]
 
     def state(self) -> RunState:
         return RunState(self.client.store.run(self.id)["status"])

@@ -2,7 +2,8 @@
 
 ``DAGWORKER_FAULTS=point:node[,point:node...]`` (unset in production; read once per process).
 Points: ``in_plugin`` (while the plugin runs), ``after_finish`` (outcome recorded, orchestration
-not yet done), ``before_publish`` (tasks persisted, messages not yet sent). The node may be
+not yet done), ``before_publish`` (tasks persisted, messages not yet sent), ``before_comp_publish``
+(compensations marked, messages not yet sent). The node may be
 ``*``. A SIGKILL gives the process no chance to clean up, exactly like a machine dying.
 """
 

@@ -12,9 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from dagworker.states import RunState
-from dagworker.status import RunStatus
+from dagworker.status import RunStatus, TaskHistory
 
 STATE_COLOURS = {
+    "done": "green",
+    "compensated": "orange3",
+    "retrying": "yellow",
     "pending": "grey50",
     "running": "cyan",
     "completed": "green",
@@ -71,7 +74,52 @@ def render_status(status: RunStatus) -> Group:
     parts: list[Text | Table] = [head, bar, table]
     if status.error:
         parts.append(Text(f"error: {status.error}", style="red"))
+    if any(node.history for node in status.nodes.values()):
+        parts.append(_attempts_table(status))
+    if status.events:
+        parts.append(_transitions(status))
     return Group(*parts)
+
+
+def _attempts_table(status: RunStatus) -> Table:
+    """Failed and retried tasks, one row per attempt (``dagworker status``)."""
+    rows = [(slug, task) for slug, node in status.nodes.items() for task in node.history]
+    return _attempt_rows("attempts of failed or retried tasks", rows)
+
+
+def render_tasks(slug: str, tasks: list[TaskHistory]) -> Table:
+    """Every task of one node with its attempts (``dagworker status RUN --node SLUG``)."""
+    return _attempt_rows(f"tasks of node {slug}", [(slug, t) for t in tasks])
+
+
+def _attempt_rows(title: str, rows: list[tuple[str, TaskHistory]]) -> Table:
+    table = Table(title=title, title_justify="left", box=None)
+    for col in ("node", "task", "attempt", "kind", "state", "worker", "started", "took", "error"):
+        table.add_column(col, overflow="fold")
+    for slug, task in rows:
+        for a in task.attempts:
+            took = (
+                f"{a.finished_at - a.started_at:.2f}s"
+                if a.started_at is not None and a.finished_at is not None
+                else "-"
+            )
+            table.add_row(
+                slug,
+                str(task.task),
+                str(a.attempt),
+                a.kind,
+                Text(a.state, style=STATE_COLOURS.get(a.state, "white")),
+                a.worker or "-",
+                _when(a.started_at),
+                took,
+                a.error or "",
+            )
+    return table
+
+
+def _transitions(status: RunStatus) -> Text:
+    steps = [f"{e.get('status')} {_when(e.get('at'))}" for e in status.events]
+    return Text("transitions: " + " -> ".join(steps), style="dim")
 
 
 def follow(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagworker.compensation import CompDecision, CompState
 from dagworker.compensation import advance as comp_advance
 from dagworker.compensation import start as comp_start
+from dagworker.faults import crash_point
 from dagworker.states import NodeState, RunState, check_run_transition
 from dagworker.store import LazyMap, now
 
@@ -169,6 +170,7 @@ def launch(orch: Orchestrator, run_id: str, slug: str) -> None:
         # Everything still queued in this range, also what a crashed launcher marked: a
         # duplicate message is harmless (begin_compensation.lua fences it).
         queued = store.queued_compensations(run_id, slug, first, last)
+        crash_point("before_comp_publish", slug)
         if queued:
             orch.publisher.publish_compensations(run_id, node, plugin, queued)
         store.r.zadd(store.keys.comp_launching(run_id), {slug: now()}, xx=True)

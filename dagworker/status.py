@@ -18,6 +18,27 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class Attempt(_Tolerant):
+    """One finished attempt of a task or of its compensation (``kind``)."""
+
+    kind: str = "task"
+    attempt: int
+    state: str
+    error: str | None = None
+    worker: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class TaskHistory(_Tolerant):
+    """A task worth showing (it failed or was retried): its attempts, oldest first."""
+
+    task: int
+    state: str
+    attempts: list[Attempt] = []
+    traceback: str | None = None
+
+
 class NodeStatus(_Tolerant):
     state: str
     tasks: int = 0
@@ -28,6 +49,8 @@ class NodeStatus(_Tolerant):
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    compensation: str | None = None  # in a rollback: waiting, running, done, failed, blocked
+    history: list[TaskHistory] = []  # failed or retried tasks (with_history), at most 20
 
 
 class RunStatus(_Tolerant):
@@ -42,6 +65,8 @@ class RunStatus(_Tolerant):
     tasks_total: int = 0
     tasks_done: int = 0
     nodes: dict[str, NodeStatus] = {}
+    replay_of: str | None = None
+    events: list[dict[str, Any]] = []  # status transitions, with times (with_history)
 
     @property
     def duration(self) -> float | None:
@@ -55,7 +80,20 @@ def _float(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def read_status(store: Store, run_id: str, with_nodes: bool = True) -> RunStatus:
+def task_history(store: Store, run_id: str, slug: str, index: int) -> TaskHistory:
+    task = store.task(run_id, slug, index)
+    return TaskHistory(
+        task=index,
+        state=task.get("state", "queued"),
+        attempts=[Attempt(**a) for a in store.history(run_id, slug, index)],
+        traceback=task.get("rb_traceback") or task.get("traceback") or None,
+    )
+
+
+def read_status(
+    store: Store, run_id: str, with_nodes: bool = True, with_history: bool = False
+) -> RunStatus:
+    """A run as users see it; ``with_history`` adds transitions and failed or retried tasks."""
     run = store.run(run_id)
     nodes: dict[str, NodeStatus] = {}
     if with_nodes:
@@ -75,7 +113,12 @@ def read_status(store: Store, run_id: str, with_nodes: bool = True) -> RunStatus
                 error=c.get("error") or None,
                 started_at=_float(c.get("started_at")),
                 finished_at=_float(c.get("finished_at")),
+                compensation=states.get(f"{slug}:rb") or None,
             )
+            if with_history:
+                nodes[slug].history = [
+                    task_history(store, run_id, slug, i) for i in store.notable_tasks(run_id, slug)
+                ]
     return RunStatus(
         run_id=run_id,
         pipeline=run["pipeline"],
@@ -88,4 +131,6 @@ def read_status(store: Store, run_id: str, with_nodes: bool = True) -> RunStatus
         tasks_total=int(run.get("tasks_total", 0)),
         tasks_done=int(run.get("tasks_done", 0)),
         nodes=nodes,
+        replay_of=run.get("replay_of") or None,
+        events=store.events(run_id) if with_history else [],
     )

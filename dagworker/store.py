@@ -582,8 +582,9 @@ class Store:
                 k.task(run_id, slug, index),
                 k.comp_settle(run_id),
                 k.history(run_id, slug, index),
+                k.notable(run_id, slug),
             ],
-            args=[attempt, "done" if ok else "failed", now(), slug, error, traceback],
+            args=[attempt, "done" if ok else "failed", now(), slug, error, traceback, index],
         )
         return TaskFinish(verdict, bool(settle))
 

@@ -3,6 +3,8 @@
 -- in the compensation settle set for the orchestrator.
 --
 -- KEYS[1] node hash   KEYS[2] task hash   KEYS[3] compensation settle set   KEYS[4] history list
+-- KEYS[5] the node's notable-tasks zset (a failed compensation is shown in status)
+-- ARGV[7] task index
 -- ARGV[1] attempt     ARGV[2] outcome: done | failed   ARGV[3] now   ARGV[4] slug
 -- ARGV[5] error       ARGV[6] traceback
 -- returns {verdict, settle}; verdict: recorded | duplicate
@@ -23,6 +25,7 @@ if ARGV[2] == 'done' then
 else
   redis.call('HSET', KEYS[2], 'rb_error', ARGV[5], 'rb_traceback', ARGV[6])
   redis.call('HINCRBY', KEYS[1], 'rb_failed', 1)
+  redis.call('ZADD', KEYS[5], 'NX', ARGV[3], ARGV[7])
   if not redis.call('HGET', KEYS[1], 'rb_error') then
     redis.call('HSET', KEYS[1], 'rb_error', ARGV[5])
   end

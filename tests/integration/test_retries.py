@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from click.testing import CliRunner
+
 from dagworker import Client
+from dagworker.cli import main
 from tests.conftest import Deployment
 
 WAIT = 60
@@ -68,3 +72,34 @@ def test_timeout_counts_as_a_failed_attempt(client: Client, fleet: Deployment) -
     assert all("timed out after 0.5s" in h["error"] for h in history)
     # the plugin never reached its end
     assert not [c for c in fleet.calls(handle.id) if c.get("phase") == "end"]
+
+
+def test_status_shows_attempts_and_transitions(client: Client, fleet: Deployment) -> None:
+    # Given a run whose node needed three attempts
+    handle = client.submit(
+        one("t_flaky", config={"succeed_on": 3}, retry={"max_attempts": 3, "backoff_s": 0.1})
+    )
+    assert handle.wait(WAIT).status == "completed"
+    # When its status is read with history (what `dagworker status` prints)
+    status = handle.status(history=True)
+    # Then the retried task is listed with every attempt, and the run's transitions with times
+    (task,) = status.nodes["a"].history
+    assert [(a.attempt, a.state) for a in task.attempts] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "completed"),
+    ]
+    assert all(a.worker and a.started_at and a.finished_at for a in task.attempts)
+    assert [e["status"] for e in status.events] == ["pending", "running", "completed"]
+    env = fleet.env()
+    text = CliRunner().invoke(main, ["status", handle.id], env=env)
+    assert text.exit_code == 0, text.output
+    squeezed = "".join(text.output.split())  # the table folds long cells
+    assert "attemptsoffailedorretriedtasks" in squeezed
+    assert "attempt2lostitsconnection" in squeezed
+    raw = CliRunner().invoke(main, ["status", handle.id, "--json"], env=env)
+    data = json.loads(raw.output)
+    assert len(data["nodes"]["a"]["history"][0]["attempts"]) == 3
+    assert data["events"][-1]["status"] == "completed"
+    listing = CliRunner().invoke(main, ["status", handle.id, "--node", "a", "--json"], env=env)
+    assert [a["attempt"] for a in json.loads(listing.output)[0]["attempts"]] == [1, 2, 3]
