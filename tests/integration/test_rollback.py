@@ -38,6 +38,14 @@ def undo_window(fleet: Deployment, run_id: str, node: str) -> tuple[float, float
     return min(starts), max(ends)
 
 
+def wait_until(predicate: Any, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def undo_blocked(fleet: Deployment) -> Iterator[str]:
     """While this key exists, plugins configured with ``undo_fails`` cannot be undone."""
@@ -129,6 +137,11 @@ def test_failing_compensation_leaves_ancestors_alone(
     assert {n for (n, _) in phases(fleet, handle.id, "undone")} == {"x", "b", "r"}
     assert len(phases(fleet, handle.id, "undone")[("x", 0)]) == 1  # not undone twice
     assert "node 'f' failed" in (final.error or "")
+    # and each terminal state called its hooks once
+    key = f"{fleet.prefix}:test:hooks:{handle.id}"
+    wait_until(lambda: fleet.redis.llen(key) >= 2)
+    hooks = sorted(json.loads(h)["status"] for h in fleet.redis.lrange(key, 0, -1))
+    assert hooks == ["rollback_failed", "rolled_back"]
 
 
 def test_compensation_retries_on_its_own_policy(client: Client, fleet: Deployment) -> None:
@@ -215,10 +228,8 @@ def test_manual_rollback_of_a_completed_run(client: Client, fleet: Deployment) -
     a_start, _ = undo_window(fleet, handle.id, "a")
     _, b_end = undo_window(fleet, handle.id, "b")
     assert a_start >= b_end
-    deadline = time.monotonic() + WAIT
     key = f"{fleet.prefix}:test:hooks:{handle.id}"
-    while fleet.redis.llen(key) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: fleet.redis.llen(key) >= 2)
     hooks = sorted(json.loads(h)["status"] for h in fleet.redis.lrange(key, 0, -1))
     assert hooks == ["completed", "rolled_back"]
 
