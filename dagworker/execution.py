@@ -13,7 +13,7 @@ import secrets
 import signal
 import threading
 import traceback as tb
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded,
 from dagworker.faults import crash_point
 from dagworker.pipeline import FanMode, Node, OnFailure, Retry
 from dagworker.plugin import Plugin
-from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, encode_artifact
+from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, TaskBegin, encode_artifact
 
 if TYPE_CHECKING:
     from dagworker.orchestrator import Compiled, Orchestrator
@@ -91,17 +91,27 @@ def time_limit(seconds: float | None, node: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int) -> str:
-    """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
-    store = orch.store
+def _begin(orch: Orchestrator, run_id: str, start: Callable[[], TaskBegin]) -> TaskBegin | str:
+    """Start a delivery; a string says it ends here ("missing", "duplicate")."""
     try:
-        begin = store.begin_task(run_id, slug, index, attempt, orch.hostname)
+        begin = start()
     except RunNotFound:
         return "missing"
     if begin.verdict == "finished":
         # Redelivered after its outcome was recorded: only make sure orchestration ran.
         orch.advance(run_id)
         return "duplicate"
+    return begin
+
+
+def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int) -> str:
+    """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
+    store = orch.store
+    begin = _begin(
+        orch, run_id, lambda: store.begin_task(run_id, slug, index, attempt, orch.hostname)
+    )
+    if isinstance(begin, str):
+        return begin
     if begin.verdict in ("stale", "missing"):
         return begin.verdict
     if begin.verdict == "inactive":
@@ -275,13 +285,11 @@ def execute_compensation(
     compensation (the run ends ``rollback_failed``), never the worker.
     """
     store = orch.store
-    try:
-        begin = store.begin_compensation(run_id, slug, index, attempt, orch.hostname)
-    except RunNotFound:
-        return "missing"
-    if begin.verdict == "finished":
-        orch.advance(run_id)  # redelivered after it was recorded: make sure it was settled
-        return "duplicate"
+    begin = _begin(
+        orch, run_id, lambda: store.begin_compensation(run_id, slug, index, attempt, orch.hostname)
+    )
+    if isinstance(begin, str):
+        return begin
     if begin.verdict != "run":
         return begin.verdict
     c = orch.compiled(run_id)

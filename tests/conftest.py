@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,26 @@ class Deployment:
                 self.redis.delete(*keys)
             if cursor == 0:
                 break
+
+
+def wait_for(predicate: Any, timeout: float = 90.0) -> None:
+    """Poll ``predicate`` until it holds (tests wait on events, not fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+@contextmanager
+def flag(deployment: Deployment, name: str) -> Iterator[str]:
+    """A test switch the test plugins read (``<prefix>:test:<name>``), set for the block."""
+    key = f"{deployment.prefix}:test:{name}"
+    deployment.redis.set(key, 1)
+    try:
+        yield key
+    finally:
+        deployment.redis.delete(key)
 
 
 def make_deployment(tmp: Path, **settings: Any) -> Deployment:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from dagworker import Client, RunState
 from dagworker.errors import IllegalTransition
-from tests.conftest import Deployment
+from tests.conftest import Deployment, wait_for
 
 WAIT = 60
 
@@ -26,14 +25,6 @@ def chain(*sleeps: float) -> dict[str, Any]:
             }
         )
     return {"name": "control", "nodes": nodes}
-
-
-def wait_for(predicate: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 def started(fleet: Deployment, run_id: str, node: str) -> bool:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dagworker import Client
 from dagworker.cli import main
 from dagworker.errors import IllegalTransition, RunRefused
-from tests.conftest import Deployment
+from tests.conftest import Deployment, flag
 
 WAIT = 90
 
@@ -20,10 +20,8 @@ WAIT = 90
 @pytest.fixture
 def gate(fleet: Deployment) -> Iterator[str]:
     """While the gate key exists, ``t_gate`` tasks fail."""
-    key = f"{fleet.prefix}:test:gate"
-    fleet.redis.set(key, 1)
-    yield key
-    fleet.redis.delete(key)
+    with flag(fleet, "gate") as key:
+        yield key
 
 
 def calls_by_task(fleet: Deployment, run_id: str) -> Counter[tuple[str, int]]:

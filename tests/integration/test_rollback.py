@@ -7,14 +7,13 @@ compensation's ``undo`` start must come after the ``undone`` end of every descen
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from dagworker import Client
-from tests.conftest import Deployment
+from tests.conftest import Deployment, flag, wait_for
 
 WAIT = 90
 
@@ -38,21 +37,11 @@ def undo_window(fleet: Deployment, run_id: str, node: str) -> tuple[float, float
     return min(starts), max(ends)
 
 
-def wait_until(predicate: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def undo_blocked(fleet: Deployment) -> Iterator[str]:
     """While this key exists, plugins configured with ``undo_fails`` cannot be undone."""
-    key = f"{fleet.prefix}:test:undo-blocked"
-    fleet.redis.set(key, 1)
-    yield key
-    fleet.redis.delete(key)
+    with flag(fleet, "undo-blocked") as key:
+        yield key
 
 
 def test_chain_rolls_back_in_reverse_order(client: Client, fleet: Deployment) -> None:
@@ -139,7 +128,7 @@ def test_failing_compensation_leaves_ancestors_alone(
     assert "node 'f' failed" in (final.error or "")
     # and each terminal state called its hooks once
     key = f"{fleet.prefix}:test:hooks:{handle.id}"
-    wait_until(lambda: fleet.redis.llen(key) >= 2)
+    wait_for(lambda: fleet.redis.llen(key) >= 2)
     hooks = sorted(json.loads(h)["status"] for h in fleet.redis.lrange(key, 0, -1))
     assert hooks == ["rollback_failed", "rolled_back"]
 
@@ -229,7 +218,7 @@ def test_manual_rollback_of_a_completed_run(client: Client, fleet: Deployment) -
     _, b_end = undo_window(fleet, handle.id, "b")
     assert a_start >= b_end
     key = f"{fleet.prefix}:test:hooks:{handle.id}"
-    wait_until(lambda: fleet.redis.llen(key) >= 2)
+    wait_for(lambda: fleet.redis.llen(key) >= 2)
     hooks = sorted(json.loads(h)["status"] for h in fleet.redis.lrange(key, 0, -1))
     assert hooks == ["completed", "rolled_back"]
 

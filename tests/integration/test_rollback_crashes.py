@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Deployment, make_deployment
+from tests.conftest import Deployment, make_deployment, wait_for
 
 WAIT = 90
 
@@ -33,16 +33,6 @@ def crashy(tmp_path: Any) -> Iterator[Deployment]:
 
 def phase_count(d: Deployment, run_id: str, phase: str) -> Counter[str]:
     return Counter(c["node"] for c in d.calls(run_id) if c.get("phase") == phase)
-
-
-def wait_for(predicate: Any, timeout: float = WAIT) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 def test_worker_killed_during_a_compensation(crashy: Deployment) -> None:
