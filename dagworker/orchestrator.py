@@ -50,6 +50,8 @@ from dagworker.store import LazyMap, Store, now
 log = logging.getLogger("dagworker.orchestrator")
 
 ACTIVE = frozenset({RunState.RUNNING.value, RunState.PAUSED.value})
+#: A launch reading its inputs refreshes its liveness every this many artifacts.
+HEARTBEAT_EVERY = 5_000
 
 
 class Publisher(Protocol):
@@ -284,7 +286,7 @@ class Orchestrator:
         if not node.depends_on:
             plans: Iterable[TaskPlan] = [TaskPlan(index=0, origin=None, inputs={})]
         else:
-            inputs = {dep: self._inputs_of(c, dep) for dep in node.depends_on}
+            inputs = {dep: self._inputs_of(c, dep, node.slug) for dep in node.depends_on}
             plans = iter_plans(node, inputs)
         for plan in plans:
             yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
@@ -307,18 +309,25 @@ class Orchestrator:
                 spec["err"] = str(exc)
         return spec
 
-    def _inputs_of(self, c: Compiled, dep: str) -> list[Artifact]:
+    def _inputs_of(self, c: Compiled, dep: str, launching: str) -> list[Artifact]:
         """A dependency's artifacts; a filtered passthrough node is looked through (§4.5)."""
         dep_node = c.nodes[dep]
         state = self.store.r.hget(self.store.keys.nodes(c.run_id), dep)
         if dep_node.passthrough and state == NodeState.FILTERED.value:
             out: list[Artifact] = []
             for upstream in dep_node.depends_on:
-                out.extend(self._inputs_of(c, upstream))
+                out.extend(self._inputs_of(c, upstream, launching))
             return out
         if state != NodeState.COMPLETED.value:
             return []
-        return list(self.store.iter_artifacts(c.run_id, dep))
+        artifacts = []
+        for i, artifact in enumerate(self.store.iter_artifacts(c.run_id, dep), 1):
+            artifacts.append(artifact)
+            if i % HEARTBEAT_EVERY == 0:
+                # Reading 100,000 inputs takes a while: tell the reconciler this launch is alive
+                # (it resumes launches that stopped moving for the publish grace period).
+                self.store.touch_launch(c.run_id, launching)
+        return artifacts
 
     # -- settling -----------------------------------------------------------------------------
 

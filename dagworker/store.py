@@ -279,6 +279,10 @@ class Store:
         )
         return bool(applied)
 
+    def touch_launch(self, run_id: str, slug: str) -> None:
+        """Mark a launch in progress as alive (XX: never re-add one that has finished)."""
+        self.r.zadd(self.keys.launching(run_id), {slug: now()}, xx=True)
+
     def published(self, run_id: str, slug: str, first: int, last: int) -> None:
         self.r.zrem(self.keys.outbox(run_id), f"{slug}|{first}|{last}")
 
