@@ -138,4 +138,6 @@ def follow(
             time.sleep(interval)
             status = read()
             live.update(render_status(status))
+    if not console.is_terminal:
+        console.print()  # rich's Live leaves the last line open when output is not a terminal
     return status

@@ -477,15 +477,44 @@ class Store:
     # -- artifacts ------------------------------------------------------------------------------
 
     def iter_artifacts(self, run_id: str, slug: str) -> Iterator[Artifact]:
-        """Every committed artifact of a node: task order, then emission order."""
+        """Every committed artifact of a node: task order, then emission order.
+
+        Tasks with few outputs (the usual fan-out: one each) are read many per round trip;
+        a task with very many outputs is streamed in chunks, so memory stays bounded either way.
+        """
         counts = self.r.hgetall(self.keys.counts(run_id, slug))
+        batch: list[tuple[int, int]] = []
+        size = 0
         for index in sorted(int(i) for i in counts):
             n = int(counts[str(index)])
-            key = self.keys.outputs(run_id, slug, index)
-            for start in range(0, n, READ_CHUNK):
-                raw = self.r.lrange(key, start, min(n, start + READ_CHUNK) - 1)
-                for offset, item in enumerate(raw):
-                    yield decode_artifact(slug, index, start + offset, item)
+            if n > READ_CHUNK:
+                yield from self._read_outputs(run_id, slug, batch)
+                batch, size = [], 0
+                key = self.keys.outputs(run_id, slug, index)
+                for start in range(0, n, READ_CHUNK):
+                    raw = self.r.lrange(key, start, min(n, start + READ_CHUNK) - 1)
+                    for offset, item in enumerate(raw):
+                        yield decode_artifact(slug, index, start + offset, item)
+                continue
+            batch.append((index, n))
+            size += n
+            if size >= READ_CHUNK:
+                yield from self._read_outputs(run_id, slug, batch)
+                batch, size = [], 0
+        yield from self._read_outputs(run_id, slug, batch)
+
+    def _read_outputs(
+        self, run_id: str, slug: str, tasks: Sequence[tuple[int, int]]
+    ) -> Iterator[Artifact]:
+        """The outputs of several tasks in one pipelined round trip."""
+        if not tasks:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for index, n in tasks:
+            pipe.lrange(self.keys.outputs(run_id, slug, index), 0, n - 1)
+        for (index, _), raw in zip(tasks, pipe.execute(), strict=True):
+            for k, item in enumerate(raw):
+                yield decode_artifact(slug, index, k, item)
 
     def fetch_artifacts(self, run_id: str, ids: Sequence[str]) -> list[Artifact]:
         """Artifacts by id, in the order given; one round trip per 5,000 distinct tasks."""
