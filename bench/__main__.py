@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from celery.result import AsyncResult
 
 from bench import canvas_app, machine, profiling, redisinfo, suites
 from bench.fleet import Fleet
@@ -93,15 +94,22 @@ def main(argv: list[str]) -> int:
             _run_suites(bench, args)
         print(f"\nload average at the end: {machine.load_average()}")
     finally:
-        # Collect canvas AsyncResults now: at interpreter exit their __del__ can no longer
-        # unsubscribe from the result backend and prints tracebacks.
-        gc.collect()
+        _detach_canvas_results()
         fleet.stop()
         redisinfo.delete_prefix(r, f"{prefix}:*")
         if private:
             private.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _detach_canvas_results() -> None:
+    """Every AsyncResult unsubscribes from the result backend in ``__del__``; those alive at
+    interpreter exit would try after the (private) Redis is gone and print tracebacks."""
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, AsyncResult):
+            obj.backend = None
 
 
 def _run_suites(bench: Bench, args: argparse.Namespace) -> None:

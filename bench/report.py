@@ -29,15 +29,17 @@ def fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns after the first ``left`` ones are right-aligned (numbers)."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
 
     def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     out = [f"\n== {title}", line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]

@@ -19,7 +19,7 @@ from bench.canvas_app import agg, step
 
 @dataclass(frozen=True)
 class Shape:
-    """One graph: how many runs of it start at once, and its task count (for per-task costs)."""
+    """One graph: how many runs of it start at once, and the task count of one run."""
 
     name: str
     pipeline: dict[str, Any]
@@ -82,7 +82,7 @@ def diamonds_shape(count: int) -> Shape:
         {"slug": "c", "plugin": "bench_step", "depends_on": ["a"]},
         {"slug": "d", "plugin": "bench_agg", "depends_on": ["b", "c"], "fan_mode": "aggregate"},
     ]
-    return Shape(f"diamonds-{count}", {"name": "diamond", "nodes": nodes}, count, 4 * count)
+    return Shape(f"diamonds-{count}", {"name": "diamond", "nodes": nodes}, count, 4)
 
 
 def canvas_signatures(shape: Shape) -> list[Signature]:

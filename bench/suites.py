@@ -109,6 +109,7 @@ def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
             "Redis commands per task by command (server side, median run)",
             ["engine/shape", "top commands"],
             commands,
+            left=2,
         )
     )
 
