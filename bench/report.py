@@ -39,7 +39,7 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], lef
         return "  ".join(
             c.ljust(w) if i < left else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+        ).rstrip()
 
     out = [f"\n== {title}", line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]

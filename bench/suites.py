@@ -215,6 +215,9 @@ def _ratio_row(rows: list[list[str]], headers: list[str]) -> list[str]:
     """largest/smallest for every column (1.00 = per-task cost independent of size)."""
     out = ["largest/smallest"]
     for i in range(1, len(headers)):
+        if headers[i] == "wall s":  # a total, not a per-task cost: its ratio says nothing
+            out.append("-")
+            continue
         try:
             first, last = (float(r[i].replace(",", "")) for r in (rows[0], rows[-1]))
             out.append(fmt(last / first) if first else "-")
