@@ -94,6 +94,9 @@ def main(argv: list[str]) -> int:
             _run_suites(bench, args)
         print(f"\nload average at the end: {machine.load_average()}")
     finally:
+        # A signal arriving now (a second Ctrl-C, a SIGTERM) must not cut the cleanup short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _detach_canvas_results()
         fleet.stop()
         redisinfo.delete_prefix(r, f"{prefix}:*")
