@@ -1,0 +1,284 @@
+"""The bench's suites: engine comparison (issue 7), scaling, and the 100,000-task node
+(issue 3's figures). Each prints its table as soon as it has it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from bench.measure import Bench, Sample
+from bench.report import fmt, mean, median, percentile, table
+from bench.shapes import Shape, chain_shape, diamonds_shape, fanout_shape, layers_shape
+
+COMPARE = ("chain", "fanout", "layers", "diamonds")
+SUITES = (*COMPARE, "scale-fanout", "scale-chain")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    compare: dict[str, Shape]
+    scale_fanout: tuple[int, ...]
+    scale_chain: tuple[int, ...]
+
+
+def sizes(quick: bool) -> Sizes:
+    if quick:
+        return Sizes(
+            1,
+            {
+                "chain": chain_shape(50),
+                "fanout": fanout_shape(200),
+                "layers": layers_shape(5, 5),
+                "diamonds": diamonds_shape(10),
+            },
+            (100, 1_000, 5_000),
+            (20, 50, 100),
+        )
+    return Sizes(
+        3,
+        {
+            "chain": chain_shape(200),
+            "fanout": fanout_shape(1_000),
+            "layers": layers_shape(20, 20),
+            "diamonds": diamonds_shape(50),
+        },
+        (100, 1_000, 10_000, 100_000),
+        (50, 200, 800),
+    )
+
+
+# -- comparison ---------------------------------------------------------------------------------
+
+
+def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
+    """A B A B ...: a warm-up pair first, then ``rounds`` pairs; ratios are taken per pair so a
+    machine that slows down mid-bench (other engineers' tests) hits both sides of a ratio."""
+    rows, commands = [], []
+    for shape in shapes:
+        bench.measure("dag", shape), bench.measure("canvas", shape)  # warm-up: caches, imports
+        pairs = [
+            (bench.measure("dag", shape), bench.measure("canvas", shape)) for _ in range(rounds)
+        ]
+        dag = [d for d, _ in pairs]
+        canvas = [c for _, c in pairs]
+        hops = [h * 1e3 for d in dag for h in d.hops_s]
+        rows.append(
+            [
+                shape.name,
+                f"{dag[0].tasks:,}",
+                fmt(median([d.wall_s for d in dag]), 3),
+                fmt(median([c.wall_s for c in canvas]), 3),
+                fmt(median([d.wall_s / c.wall_s for d, c in pairs])),
+                fmt(median([d.per_task(d.commands) for d in dag]), 1),
+                fmt(median([c.per_task(c.commands) for c in canvas]), 1),
+                fmt(median([d.per_task(d.worker_cpu_s) * 1e3 for d in dag])),
+                fmt(median([c.per_task(c.worker_cpu_s) * 1e3 for c in canvas])),
+                fmt(median([d.per_task(d.redis_cpu_s) * 1e3 for d in dag]), 3),
+                fmt(median([c.per_task(c.redis_cpu_s) * 1e3 for c in canvas]), 3),
+                fmt(percentile(hops, 50), 1),
+                fmt(percentile(hops, 99), 1),
+            ]
+        )
+        commands += [_top_commands(dag), _top_commands(canvas)]
+        print(f"  .. {shape.name}: {rounds} pairs done", flush=True)
+    print(
+        table(
+            f"dagworker vs canvas, median of {rounds} A/B pairs (per task: divided by task count)",
+            [
+                "shape",
+                "tasks",
+                "dag s",
+                "canvas s",
+                "dag/canvas",
+                "cmd/t dag",
+                "cmd/t cv",
+                "cpu ms/t dag",
+                "cpu ms/t cv",
+                "redis ms/t dag",
+                "redis ms/t cv",
+                "hop p50 ms",
+                "hop p99 ms",
+            ],
+            rows,
+        )
+    )
+    print(
+        table(
+            "Redis commands per task by command (server side, median run)",
+            ["engine/shape", "top commands"],
+            commands,
+            left=2,
+        )
+    )
+
+
+def _top_commands(samples: list[Sample], top: int = 7) -> list[str]:
+    sample = sorted(samples, key=lambda s: s.commands)[len(samples) // 2]
+    counts = Counter(sample.by_command).most_common(top)
+    text = " ".join(f"{name}={n / sample.tasks:.1f}" for name, n in counts)
+    return [f"{sample.engine} {sample.shape}", text]
+
+
+# -- scaling --------------------------------------------------------------------------------------
+
+
+def _completion(sample: Sample, slug: str) -> tuple[list[float], list[float]]:
+    costs = sample.executions.get(slug, [])
+    return [float(c) for c, _ in costs], [float(u) for _, u in costs]
+
+
+def scale_fanout(bench: Bench, widths: tuple[int, ...]) -> list[Sample]:
+    samples = []
+    rows = []
+    for width in widths:
+        shape = fanout_shape(width, aggregate=False)
+        sample = bench.measure("dag", shape, memory=True, hop=False)
+        samples.append(sample)
+        cmds, cpu = _completion(sample, "each")
+        launch = sample.launches.get("each", [[0, 0]])[0]
+        rows.append(
+            [
+                f"{width:,}",
+                fmt(sample.wall_s, 2),
+                fmt(sample.per_task(sample.wall_s) * 1e3, 3),
+                fmt(sample.per_task(sample.commands), 1),
+                fmt(sample.per_task(sample.worker_cpu_s) * 1e3, 3),
+                fmt(percentile(cmds, 50), 0),
+                fmt(mean(cmds), 2),
+                fmt(percentile(cpu, 50) / 1e3, 3),
+                fmt(mean(cpu) / 1e3, 3),
+                fmt(launch[0] / width, 3),
+                fmt(launch[1] / width / 1e3, 3),
+            ]
+        )
+        print(f"  .. fan-out {width:,}: {sample.wall_s:.1f}s", flush=True)
+    headers = [
+        "tasks",
+        "wall s",
+        "wall ms/t",
+        "cmd/t",
+        "cpu ms/t",
+        "compl cmd p50",
+        "compl cmd mean",
+        "compl cpu ms p50",
+        "compl cpu ms mean",
+        "launch cmd/t",
+        "launch cpu ms/t",
+    ]
+    rows.append(_ratio_row(rows, headers))
+    print(
+        table("scaling: one fan-out node (src emits N -> N single tasks), dagworker", headers, rows)
+    )
+    return samples
+
+
+def scale_chain(bench: Bench, lengths: tuple[int, ...]) -> None:
+    rows = []
+    for length in lengths:
+        sample = bench.measure("dag", chain_shape(length))
+        hops = [h * 1e3 for h in sample.hops_s]
+        # Every completion of a chain launches the next link: all of them are alike.
+        costs = [c for per_node in sample.executions.values() for c in per_node]
+        cmds, cpu = [float(c) for c, _ in costs], [float(u) for _, u in costs]
+        rows.append(
+            [
+                f"{length:,}",
+                fmt(sample.wall_s, 2),
+                fmt(sample.per_task(sample.wall_s) * 1e3, 3),
+                fmt(sample.per_task(sample.commands), 1),
+                fmt(sample.per_task(sample.worker_cpu_s) * 1e3, 3),
+                fmt(mean(cmds), 1),
+                fmt(mean(cpu) / 1e3, 3),
+                fmt(percentile(hops, 50), 1),
+                fmt(percentile(hops, 99), 1),
+            ]
+        )
+        print(f"  .. chain {length}: {sample.wall_s:.1f}s", flush=True)
+    headers = [
+        "length",
+        "wall s",
+        "wall ms/t",
+        "cmd/t",
+        "cpu ms/t",
+        "compl cmd mean",
+        "compl cpu ms mean",
+        "hop p50 ms",
+        "hop p99 ms",
+    ]
+    rows.append(_ratio_row(rows, headers))
+    print(table("scaling: chains, dagworker", headers, rows))
+
+
+def _ratio_row(rows: list[list[str]], headers: list[str]) -> list[str]:
+    """largest/smallest for every column (1.00 = per-task cost independent of size)."""
+    out = ["largest/smallest"]
+    for i in range(1, len(headers)):
+        if headers[i] == "wall s":  # a total, not a per-task cost: its ratio says nothing
+            out.append("-")
+            continue
+        try:
+            first, last = (float(r[i].replace(",", "")) for r in (rows[0], rows[-1]))
+            out.append(fmt(last / first) if first else "-")
+        except ValueError:
+            out.append("-")
+    return out
+
+
+# -- issue 3 -------------------------------------------------------------------------------------
+
+
+def big_node(samples: list[Sample]) -> None:
+    """Issue 3: the largest node's totals, memory, and completion cost against the smallest."""
+    small, big = samples[0], samples[-1]
+    mb = 1024 * 1024
+    rows = [
+        ["tasks", f"{big.tasks - 1:,}"],
+        ["total time s", fmt(big.wall_s, 1)],
+        ["throughput tasks/s", fmt(big.tasks / big.wall_s, 0)],
+        ["Redis used_memory before MB", fmt(big.memory_before / mb, 1)],
+        ["Redis used_memory peak MB", fmt(big.memory_peak / mb, 1)],
+        ["Redis used_memory after MB (run kept)", fmt(big.memory_after / mb, 1)],
+        [
+            "Redis bytes per finished task (after-before)",
+            fmt((big.memory_after - big.memory_before) / big.tasks, 0),
+        ],
+        [
+            "Redis bytes per task at peak (peak-before)",
+            fmt((big.memory_peak - big.memory_before) / big.tasks, 0),
+        ],
+    ]
+    print(table(f"the {big.tasks - 1:,}-task node (dagworker)", ["figure", "value"], rows))
+    rows = []
+    for sample in (small, big):
+        cmds, cpu = _completion(sample, "each")
+        rows.append(
+            [
+                f"{sample.tasks - 1:,}",
+                fmt(percentile(cmds, 50), 0),
+                fmt(mean(cmds), 2),
+                fmt(max(cmds), 0),
+                fmt(percentile(cpu, 50) / 1e3, 3),
+                fmt(percentile(cpu, 99) / 1e3, 3),
+                fmt(mean(cpu) / 1e3, 3),
+                fmt(sample.per_task(sample.commands), 1),
+            ]
+        )
+    print(
+        table(
+            "issue 3: orchestration cost per completion (worker-side probe around "
+            "Orchestrator.execute: begin_task, plugin, finish_task, advance)",
+            [
+                "node tasks",
+                "round trips p50",
+                "round trips mean",
+                "round trips max",
+                "cpu ms p50",
+                "cpu ms p99",
+                "cpu ms mean",
+                "server cmds/task (all)",
+            ],
+            rows,
+        )
+    )
