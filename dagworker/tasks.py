@@ -8,10 +8,13 @@ recognisably the same attempt.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
 
+from dagworker.logs import task_context
+from dagworker.metrics import TASKS_TOTAL, recorder
 from dagworker.pipeline import Node
 from dagworker.plugin import Plugin
 
@@ -23,6 +26,10 @@ PLUGIN_TASK_PREFIX = "dagworker.plugin."
 #: only), is set this much later, for a plugin that swallows the timeout.
 HARD_LIMIT_FACTOR = 1.1
 HARD_LIMIT_MIN_EXTRA_S = 5.0
+#: Message header with the publish time (epoch seconds): the worker measures queue wait with it.
+SENT_HEADER = "dagworker_sent"
+#: Outcomes of a delivery in which the plugin ran (the others are duplicates and no-ops).
+RAN = frozenset({"completed", "failed", "retrying"})
 
 
 def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
@@ -59,6 +66,7 @@ class CeleryPublisher:
             limits = {
                 "time_limit": max(timeout * HARD_LIMIT_FACTOR, timeout + HARD_LIMIT_MIN_EXTRA_S)
             }
+        headers = {SENT_HEADER: time.time()}
         with self.app.producer_or_acquire() as producer:
             for index, attempt in tasks:
                 self.app.send_task(
@@ -68,6 +76,7 @@ class CeleryPublisher:
                     queue=queue,
                     producer=producer,
                     ignore_result=True,
+                    headers=headers,
                     **limits,
                 )
 
@@ -88,7 +97,9 @@ def register_hooks_task(app: Celery) -> Task:
         store = orchestrator().store
         if not store.claim_hooks(run, event):
             return 0  # already called (a duplicate delivery or schedule)
-        return call_hooks(event, read_status(store, run))
+        status = read_status(store, run)
+        recorder.run_finished(status.pipeline, event)  # once per run and event, like the hooks
+        return call_hooks(event, status)
 
     registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
     return registered
@@ -100,12 +111,30 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
     if name in app.tasks:
         return app.tasks[name]
 
-    def run_plugin(run: str, node: str, task: int, attempt: int) -> str:
+    def run_plugin(self: Task, run: str, node: str, task: int, attempt: int) -> str:
         from dagworker.worker import orchestrator  # the worker's own, built once per process
 
-        return orchestrator().execute(run, node, int(task), int(attempt))
+        started, clock = time.time(), time.perf_counter()
+        recorder.take_orchestration_time()
+        with task_context(run, node, int(task), int(attempt)):
+            outcome = orchestrator().execute(run, node, int(task), int(attempt))
+        if outcome in RAN:
+            request = self.request
+            sent = request.get(SENT_HEADER)
+            recorder.task_finished(
+                plugin.name,
+                outcome,
+                time.perf_counter() - clock - recorder.take_orchestration_time(),
+                str((request.delivery_info or {}).get("routing_key") or ""),
+                started - float(sent) if sent else None,
+            )
+        else:
+            recorder.count(TASKS_TOTAL, plugin.name, outcome)
+        return outcome
 
     run_plugin.__name__ = run_plugin.__qualname__ = f"plugin_{plugin.name}"
     run_plugin.__doc__ = plugin.description or f"Runs plugin {plugin.name!r}."
-    registered: Task = app.task(name=name, ignore_result=True, acks_late=True)(run_plugin)
+    registered: Task = app.task(name=name, ignore_result=True, acks_late=True, bind=True)(
+        run_plugin
+    )
     return registered
