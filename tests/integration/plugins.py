@@ -188,3 +188,11 @@ def t_record_hook(status: Any) -> None:
         f"{prefix}:test:hooks:{status.run_id}",
         json.dumps({"status": status.status, "pid": os.getpid()}),
     )
+
+
+@plugin("t_on_q2", queue="q2")
+def t_on_q2(ctx: TaskContext) -> dict[str, Any]:
+    """A plugin that names its own queue (routing by plugin); logs through ctx.logger."""
+    note(ctx)
+    ctx.logger.info("t_on_q2 handled item %s", (ctx.artifact or {}).get("i"))
+    return {"i": (ctx.artifact or {}).get("i"), "queue": "q2"}
