@@ -56,31 +56,94 @@ class Box:
     y: float
 
 
-def layout(pipeline: Pipeline) -> dict[str, Box]:
-    """Top-left corner of every node's box, layered by depth, barycentre-ordered per layer."""
+@dataclass(frozen=True)
+class Layout:
+    boxes: dict[str, Box]
+    #: (dependency, dependant) -> the points its edge passes: out of the dependency's box,
+    #: through a free slot in every layer it crosses, into the dependant's box
+    routes: dict[tuple[str, str], list[tuple[float, float]]]
+    width: float
+    height: float
+
+
+#: Width of the slot an edge takes in a layer it crosses (Sugiyama's "dummy node").
+LANE_W = 28
+
+
+def layout(pipeline: Pipeline) -> Layout:
+    """Layered by depth; an edge that skips layers gets a lane in each, so it crosses no box.
+
+    Each layer is ordered by the mean x of what feeds it (barycentre), lanes included.
+    """
     depth = depths(pipeline)
-    layers: list[list[Node]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    n_layers = 1 + max(depth.values(), default=-1)
+    layers: list[list[str]] = [[] for _ in range(n_layers)]
+    feeds: dict[str, list[str]] = {}  # item -> the items right above it
+    lanes: dict[tuple[str, str], list[str]] = {}
     for node in pipeline.nodes:
-        layers[depth[node.slug]].append(node)
-    position: dict[str, float] = {}
+        layers[depth[node.slug]].append(node.slug)
+    for node in pipeline.nodes:
+        feeds[node.slug] = []
+        for dep in node.depends_on:
+            above = dep
+            lanes[(dep, node.slug)] = []
+            for d in range(depth[dep] + 1, depth[node.slug]):
+                lane = f"\0{dep}\0{node.slug}\0{d}"
+                layers[d].append(lane)
+                feeds[lane] = [above]
+                lanes[(dep, node.slug)].append(lane)
+                above = lane
+            feeds[node.slug].append(above)
+    nodes = {n.slug: n for n in pipeline.nodes}
+
+    def width_of(item: str) -> float:
+        return BOX_W if item in nodes else LANE_W
+
+    centre: dict[str, float] = {}
     for layer in layers:
+        if layer and feeds.get(layer[0]) is not None:
+            # stable sort: ties (and roots) keep the pipeline's order
+            layer.sort(
+                key=lambda item: (
+                    sum(centre[f] for f in feeds[item]) / len(feeds[item])
+                    if feeds[item]
+                    else float("-inf")
+                )
+            )
+        x = 0.0
+        for item in layer:
+            centre[item] = x + width_of(item) / 2
+            x += width_of(item) + GAP_X
+    spans = [sum(width_of(i) for i in layer) + GAP_X * (len(layer) - 1) for layer in layers]
+    widest = max(spans, default=0.0)
+    for layer, span in zip(layers, spans, strict=True):
+        for item in layer:  # centre every layer on the widest one
+            centre[item] += MARGIN + (widest - span) / 2
+    top = {d: float(MARGIN + d * (BOX_H + GAP_Y)) for d in range(n_layers)}
+    boxes = {slug: Box(nodes[slug], centre[slug] - BOX_W / 2, top[depth[slug]]) for slug in nodes}
+    routes: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for (dep, slug), via in lanes.items():
+        points = [(centre[dep], top[depth[dep]] + BOX_H)]
+        for d, lane in enumerate(via, start=depth[dep] + 1):
+            points += [(centre[lane], top[d]), (centre[lane], top[d] + BOX_H)]
+        points.append((centre[slug], top[depth[slug]]))
+        routes[(dep, slug)] = points
+    height = MARGIN * 2 + n_layers * BOX_H + max(0, n_layers - 1) * GAP_Y
+    return Layout(boxes, routes, widest + 2 * MARGIN, height)
 
-        def centre(node: Node) -> float:
-            above = [position[d] for d in node.depends_on if d in position]
-            return sum(above) / len(above) if above else float("inf")
 
-        if layer and layer[0].depends_on:
-            layer.sort(key=centre)  # stable: ties keep the pipeline's order
-        for i, node in enumerate(layer):
-            position[node.slug] = i - (len(layer) - 1) / 2
-    widest = max((len(layer) for layer in layers), default=1)
-    width = widest * BOX_W + (widest - 1) * GAP_X
-    boxes: dict[str, Box] = {}
-    for d, layer in enumerate(layers):
-        for node in layer:
-            x = MARGIN + width / 2 + position[node.slug] * (BOX_W + GAP_X) - BOX_W / 2
-            boxes[node.slug] = Box(node, x, MARGIN + d * (BOX_H + GAP_Y))
-    return boxes
+def _path(points: list[tuple[float, float]]) -> str:
+    """Smooth S-curves between layers, straight down through the lanes of crossed layers."""
+    (x0, y0), rest = points[0], points[1:]
+    d = [f"M{x0:.1f},{y0:.1f}"]
+    for i, (x, y) in enumerate(rest):
+        px, py = points[i]
+        if i % 2 == 0:  # across the gap between two layers
+            bend = (y - py) / 2
+            d.append(f"C{px:.1f},{py + bend:.1f} {x:.1f},{y - bend:.1f} {x:.1f},{y:.1f}")
+        else:  # down a lane
+            d.append(f"L{x:.1f},{y:.1f}")
+    return " ".join(d)
 
 
 def _edge_label(node: Node, dep: str) -> str:
@@ -102,9 +165,9 @@ def _svg(
     states: Mapping[str, str] | None,
     counts: Mapping[str, str] | None,
 ) -> str:
-    boxes = layout(pipeline)
-    width = max((b.x for b in boxes.values()), default=0) + BOX_W + MARGIN
-    height = max((b.y for b in boxes.values()), default=0) + BOX_H + MARGIN
+    shape = layout(pipeline)
+    boxes = shape.boxes
+    width, height = shape.width, shape.height
     esc = html.escape
     out = [
         f'<svg id="graph" role="img" width="{width:.0f}" height="{height:.0f}" '
@@ -114,20 +177,16 @@ def _svg(
         'fill="#57606a"/></marker></defs>',
     ]
     for node in pipeline.nodes:
-        to = boxes[node.slug]
         for dep in node.depends_on:
-            fr = boxes[dep]
-            x1, y1 = fr.x + BOX_W / 2, fr.y + BOX_H
-            x2, y2 = to.x + BOX_W / 2, to.y
-            bend = (y2 - y1) / 2
+            points = shape.routes[(dep, node.slug)]
             out.append(
                 f'<path class="edge" data-from="{esc(dep)}" data-to="{esc(node.slug)}" '
-                f'd="M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + bend:.1f} {x2:.1f},{y2 - bend:.1f} '
-                f'{x2:.1f},{y2:.1f}" fill="none" stroke="#57606a" stroke-width="1.5" '
+                f'd="{_path(points)}" fill="none" stroke="#57606a" stroke-width="1.5" '
                 'marker-end="url(#arrow)"/>'
             )
             label = _edge_label(node, dep)
             if label:
+                (x1, y1), (x2, y2) = points[0], points[1]
                 out.append(
                     f'<text x="{(x1 + x2) / 2:.1f}" y="{(y1 + y2) / 2:.1f}" font-size="11" '
                     f'text-anchor="middle" fill="#57606a">{esc(label)}</text>'
@@ -137,7 +196,8 @@ def _svg(
         state = (states or {}).get(slug, "pending") if states is not None else "pending"
         colours = state_colours(state)
         dash = colours.get("stroke-dasharray")
-        lines = [node.plugin + ("" if node.fan_mode is FanMode.SINGLE else f" · {node.fan_mode}")]
+        fan = "" if node.fan_mode is FanMode.SINGLE else f" · {node.fan_mode.value}"
+        lines = [node.plugin + fan]
         if states is not None:
             count = (counts or {}).get(slug)
             lines.append(state + (f" · {count} tasks" if count else ""))
