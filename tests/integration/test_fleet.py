@@ -159,6 +159,7 @@ def test_flower_shows_every_task_by_plugin_with_its_ids(fleet: Deployment, tmp_p
         # Then the API refuses requests without (or with wrong) credentials
         assert http_get(f"{base}/api/tasks")[0] == 401
         assert http_get(f"{base}/api/tasks", ("ops", "wrong"))[0] == 401
+        assert http_get(f"{base}/healthcheck") == (200, b"OK")  # what deploy/k8s probes
         # and /api/workers lists the fleet's workers with dagworker's plugin tasks registered
         code, body = http_get(f"{base}/api/workers?refresh=1", auth)
         assert code == 200
