@@ -12,6 +12,7 @@ The PNG is decoded here with zlib (no imaging library needed).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import struct
 import subprocess
@@ -127,13 +128,22 @@ def main() -> int:
     if binary is None:
         print("skipped: no chromium on PATH (apt-get install chromium)")
         return 0
-    out = opts.keep or Path(tempfile.mkdtemp(prefix="dagworker-graph-"))
-    out.mkdir(parents=True, exist_ok=True)
+    if opts.keep is None:
+        with tempfile.TemporaryDirectory(prefix="dagworker-graph-") as tmp:
+            return check(binary, Path(tmp), opts.html)
+    opts.keep.mkdir(parents=True, exist_ok=True)
+    return check(binary, opts.keep, opts.html)
+
+
+def check(binary: str, out: Path, html: Path | None) -> int:
     page, png = out / "page.html", out / "page.png"
-    page.write_text(opts.html.read_text() if opts.html else sample_page(), encoding="utf-8")
+    page.write_text(html.read_text() if html else sample_page(), encoding="utf-8")
     screenshot(binary, page, png)
     width, height, rows = decode_png(png.read_bytes())
-    states = set(STATES.values()) if not opts.html else set()
+    # the states drawn: the sample's, or those the given page declares on its node groups
+    states = set(
+        re.findall(r'class="node" data-slug="[^"]*" data-state="([^"]+)"', page.read_text())
+    )
     wanted = {s: bytes.fromhex(state_colours(s)["fill"].lstrip("#")) for s in states}
     counts = colour_counts(rows, wanted)
     print(f"screenshot {png} ({width}x{height}); fill pixels per state: {counts}")
