@@ -6,8 +6,9 @@ logger (dagworker's own, ``ctx.logger``, a library the plugin calls):
 
 - ``record.dagworker`` is `` run=R node=N task=I attempt=A`` (empty outside a task), which the
   worker's log format appends to each line;
-- ``record.run_id``, ``record.node``, ``record.task_index``, ``record.attempt`` are the
-  separate values, for a JSON formatter (None outside a task).
+- ``record.dagworker_run``, ``record.dagworker_node``, ``record.dagworker_task``,
+  ``record.dagworker_attempt`` are the separate values, for a JSON formatter (None outside a
+  task). Prefixed, because ``logging`` refuses an ``extra=`` key that a record already has.
 
 A record factory rather than a filter, because a filter only sees records that reach the
 handler it is attached to, and plugins are free to attach their own handlers.
@@ -58,11 +59,17 @@ def install() -> None:
         ids = _current.get()
         if ids is None:
             record.dagworker = ""
-            record.run_id = record.node = record.task_index = record.attempt = None
+            record.dagworker_run = record.dagworker_node = None
+            record.dagworker_task = record.dagworker_attempt = None
         else:
             run, node, task, attempt = ids
             record.dagworker = f" run={run} node={node} task={task} attempt={attempt}"
-            record.run_id, record.node, record.task_index, record.attempt = ids
+            (
+                record.dagworker_run,
+                record.dagworker_node,
+                record.dagworker_task,
+                record.dagworker_attempt,
+            ) = ids
         return record
 
     logging.setLogRecordFactory(factory)

@@ -92,8 +92,10 @@ def test_log_records_inside_a_task_carry_its_ids(caplog: pytest.LogCaptureFixtur
     outside, inside, after = caplog.records
     assert outside.dagworker == "" and after.dagworker == ""  # type: ignore[attr-defined]
     assert inside.dagworker == " run=run-1 node=video task=3 attempt=2"  # type: ignore[attr-defined]
-    assert (inside.run_id, inside.node, inside.task_index, inside.attempt) == (  # type: ignore[attr-defined]
-        "run-1", "video", 3, 2,
-    )  # fmt: skip
+    ids = ("dagworker_run", "dagworker_node", "dagworker_task", "dagworker_attempt")
+    assert tuple(getattr(inside, k) for k in ids) == ("run-1", "video", 3, 2)
+    assert all(getattr(outside, k) is None for k in ids)
+    # names of their own, so a plugin's extra={"node": ...} still works
+    logger.info("extra", extra={"node": "mine", "run_id": "x", "attempt": 9})
     formatted = logging.Formatter(logs.LOG_FORMAT).format(inside)
     assert formatted.endswith("inside the task run=run-1 node=video task=3 attempt=2")
