@@ -1,10 +1,11 @@
-# One vocabulary for people and CI: install demo test lint typecheck bench worker flower.
+# One vocabulary for people and CI: install demo test lint typecheck bench worker flower metrics.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export DAGWORKER_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install demo test test-unit test-integration lint typecheck bench worker flower clean
+.PHONY: install demo test test-unit test-integration lint typecheck bench worker flower metrics \
+	check-graph-html clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,12 @@ worker: install  ## a worker on the default queue, with plugins from DAGWORKER_P
 
 flower: install  ## Flower on http://127.0.0.1:5555 against the same broker
 	$(BIN)/celery -A dagworker flower --address=127.0.0.1 --port=5555
+
+metrics: install  ## Prometheus exporter of the fleet's metrics on http://127.0.0.1:9808/metrics
+	$(BIN)/dagworker metrics --address=127.0.0.1 --port=9808
+
+check-graph-html: install  ## render a graph --html page in headless Chromium and check it
+	$(BIN)/python tests/visual/check_graph_html.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

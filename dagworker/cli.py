@@ -33,6 +33,7 @@ from dagworker.errors import (
     RunRefused,
     RunTimeout,
 )
+from dagworker.graphview import to_html
 from dagworker.mermaid import to_mermaid
 from dagworker.pipeline import Pipeline, parse_document, read_pipeline_file
 from dagworker.plugin import registry
@@ -344,22 +345,62 @@ def runs(limit: int, as_json: bool, redis_url: str | None) -> None:
 @main.command()
 @click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--run", "run_id", help="Colour nodes by the states of this run.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write a self-contained HTML page (inline SVG, works offline) to this file.",
+)
 @redis_option
-def graph(pipeline_file: str | None, run_id: str | None, redis_url: str | None) -> None:
+def graph(
+    pipeline_file: str | None, run_id: str | None, html_file: str | None, redis_url: str | None
+) -> None:
     """Print a pipeline (or a run's pipeline) as a Mermaid flowchart."""
     with _errors():
+        states: dict[str, str] | None = None
+        counts: dict[str, str] | None = None
+        status: str | None = None
         if run_id:
             client = _client(redis_url)
             pipeline = Pipeline.model_validate_json(client.store.pipeline_json(run_id))
             st = client.get(run_id).status()
             states = {s: n.state for s, n in st.nodes.items()}
             counts = {s: f"{n.completed}/{n.tasks}" for s, n in st.nodes.items()}
-            click.echo(to_mermaid(pipeline, states, counts), nl=False)
-            return
-        if not pipeline_file:
+            status = st.status
+        elif pipeline_file:
+            pipeline = Pipeline.model_validate(read_pipeline_file(pipeline_file))
+        else:
             raise click.UsageError("give a PIPELINE_FILE or --run RUN_ID")
-        pipeline = Pipeline.model_validate(read_pipeline_file(pipeline_file))
-        click.echo(to_mermaid(pipeline), nl=False)
+        if html_file:
+            page = to_html(pipeline, states, counts, run_id=run_id, run_status=status)
+            Path(html_file).write_text(page, encoding="utf-8")
+            err_console.print(f"wrote {html_file}", highlight=False)
+        click.echo(to_mermaid(pipeline, states, counts), nl=False)
+
+
+@main.command()
+@click.option("--port", type=int, default=9808, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@redis_option
+def metrics(port: int, address: str, redis_url: str | None) -> None:
+    """Serve the fleet's metrics for Prometheus on http://ADDRESS:PORT/metrics."""
+    from dagworker.metrics import make_server
+
+    with _errors():
+        client = _client(redis_url)
+        client.store.r.ping()
+        server = make_server(client.store.r, client.store.keys.prefix, address, port)
+        err_console.print(
+            f"dagworker metrics for prefix {client.store.keys.prefix!r} on "
+            f"http://{address}:{server.server_address[1]}/metrics",
+            highlight=False,
+        )
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 @main.command()

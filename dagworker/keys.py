@@ -35,6 +35,11 @@ class Keys:
         return f"{self.prefix}:due"
 
     @property
+    def metrics(self) -> str:
+        """Hash: fleet-wide counters and histogram buckets (``dagworker.metrics``)."""
+        return f"{self.prefix}:metrics"
+
+    @property
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler:lock"
 

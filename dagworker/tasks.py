@@ -8,10 +8,13 @@ recognisably the same attempt.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
 
+from dagworker.logs import task_context
+from dagworker.metrics import TASKS_TOTAL, recorder
 from dagworker.pipeline import Node
 from dagworker.plugin import Plugin
 
@@ -24,6 +27,10 @@ ROLLBACK_TASK_PREFIX = "dagworker.rollback."
 #: only), is set this much later, for a plugin that swallows the timeout.
 HARD_LIMIT_FACTOR = 1.1
 HARD_LIMIT_MIN_EXTRA_S = 5.0
+#: Message header with the publish time (epoch seconds): the worker measures queue wait with it.
+SENT_HEADER = "dagworker_sent"
+#: Outcomes of a delivery in which the plugin ran (the others are duplicates and no-ops).
+RAN = frozenset({"completed", "failed", "retrying"})
 
 
 def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
@@ -81,6 +88,7 @@ class CeleryPublisher:
             limits = {
                 "time_limit": max(timeout * HARD_LIMIT_FACTOR, timeout + HARD_LIMIT_MIN_EXTRA_S)
             }
+        headers = {SENT_HEADER: time.time()}
         with self.app.producer_or_acquire() as producer:
             for index, attempt in tasks:
                 self.app.send_task(
@@ -90,6 +98,7 @@ class CeleryPublisher:
                     queue=queue,
                     producer=producer,
                     ignore_result=True,
+                    headers=headers,
                     **limits,
                 )
 
@@ -113,6 +122,7 @@ def register_hooks_task(app: Celery) -> Task:
         # The run may have moved on since it ended (a rollback on request): hooks get the
         # state they were scheduled for.
         status = read_status(store, run).model_copy(update={"status": event})
+        recorder.run_finished(status.pipeline, event)  # once per run and event, like the hooks
         return call_hooks(event, status)
 
     registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
@@ -125,14 +135,32 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
     if name in app.tasks:
         return app.tasks[name]
 
-    def run_plugin(run: str, node: str, task: int, attempt: int) -> str:
+    def run_plugin(self: Task, run: str, node: str, task: int, attempt: int) -> str:
         from dagworker.worker import orchestrator  # the worker's own, built once per process
 
-        return orchestrator().execute(run, node, int(task), int(attempt))
+        started, clock = time.time(), time.perf_counter()
+        recorder.take_orchestration_time()
+        with task_context(run, node, int(task), int(attempt)):
+            outcome = orchestrator().execute(run, node, int(task), int(attempt))
+        if outcome in RAN:
+            request = self.request
+            sent = request.get(SENT_HEADER)
+            recorder.task_finished(
+                plugin.name,
+                outcome,
+                time.perf_counter() - clock - recorder.take_orchestration_time(),
+                str((request.delivery_info or {}).get("routing_key") or ""),
+                started - float(sent) if sent else None,
+            )
+        else:
+            recorder.count(TASKS_TOTAL, plugin.name, outcome)
+        return outcome
 
     run_plugin.__name__ = run_plugin.__qualname__ = f"plugin_{plugin.name}"
     run_plugin.__doc__ = plugin.description or f"Runs plugin {plugin.name!r}."
-    registered: Task = app.task(name=name, ignore_result=True, acks_late=True)(run_plugin)
+    registered: Task = app.task(name=name, ignore_result=True, acks_late=True, bind=True)(
+        run_plugin
+    )
     if plugin.rollback_func is not None:
         register_rollback_task(app, plugin)
     return registered
@@ -147,7 +175,8 @@ def register_rollback_task(app: Celery, plugin: Plugin) -> Task:
     def run_rollback(run: str, node: str, task: int, attempt: int) -> str:
         from dagworker.worker import orchestrator
 
-        return orchestrator().compensate(run, node, int(task), int(attempt))
+        with task_context(run, node, int(task), int(attempt)):
+            return orchestrator().compensate(run, node, int(task), int(attempt))
 
     run_rollback.__name__ = run_rollback.__qualname__ = f"rollback_{plugin.name}"
     run_rollback.__doc__ = f"Compensates tasks of plugin {plugin.name!r}."

@@ -21,7 +21,9 @@ from typing import Any
 
 from celery import Celery, signals
 
+from dagworker import logs
 from dagworker.errors import PluginLoadError
+from dagworker.metrics import recorder
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
 from dagworker.reconciler import publish_due, try_reconcile
@@ -66,6 +68,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
+        # every line logged while a task runs ends with run=... node=... task=... attempt=...
+        "worker_log_format": logs.LOG_FORMAT,
+        "worker_task_log_format": logs.TASK_LOG_FORMAT,
         "worker_redirect_stdouts": False,
         "enable_utc": True,
     }
@@ -101,12 +106,20 @@ settings = Settings.from_env()
 app = create_app(settings)
 
 
+class MeasuredOrchestrator(Orchestrator):
+    """The worker's orchestrator: times each pass for ``dagworker_orchestration_seconds``."""
+
+    def advance(self, run_id: str) -> None:
+        with recorder.orchestrating():
+            super().advance(run_id)
+
+
 @cache
 def orchestrator() -> Orchestrator:
     """This process's orchestrator (one Redis pool, one run cache), built on first use."""
-    return Orchestrator(
-        Store.from_settings(settings), CeleryPublisher(app, settings.default_queue), registry
-    )
+    store = Store.from_settings(settings)
+    recorder.bind(store.r, store.keys.metrics)
+    return MeasuredOrchestrator(store, CeleryPublisher(app, settings.default_queue), registry)
 
 
 def register_tasks() -> None:
@@ -117,6 +130,7 @@ def register_tasks() -> None:
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _on_worker_init(**_: Any) -> None:
+    logs.install()
     modules = load_plugins(settings)
     register_tasks()
     log.info("dagworker: plugins %s from %s", registry.names(), modules)
@@ -148,6 +162,15 @@ _stop = threading.Event()
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _on_shutdown(**_: Any) -> None:
     _stop.set()
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _flush_metrics(**_: Any) -> None:
+    try:
+        recorder.flush()
+    except Exception:  # shutting down: losing the last second of metrics is acceptable
+        log.warning("final metrics flush failed", exc_info=True)
 
 
 #: How often a worker looks for retries whose backoff has elapsed.

@@ -250,3 +250,11 @@ def t_gate(ctx: TaskContext, closed_for: list[int] | None = None) -> dict[str, A
     if gated and _redis().exists(f"{prefix}:test:gate"):
         raise RuntimeError(f"gate closed for {ctx.node} item {item}")
     return {"i": item, "input": ctx.input.get("tag")}
+
+
+@plugin("t_on_q2", queue="q2")
+def t_on_q2(ctx: TaskContext) -> dict[str, Any]:
+    """A plugin that names its own queue (routing by plugin); logs through ctx.logger."""
+    note(ctx)
+    ctx.logger.info("t_on_q2 handled item %s", (ctx.artifact or {}).get("i"))
+    return {"i": (ctx.artifact or {}).get("i"), "queue": "q2"}
