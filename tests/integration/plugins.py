@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from dagworker import TaskContext, on_run, plugin
+from tests.model.derive import outputs, should_fail
 
 _client: redis.Redis | None = None
 
@@ -188,3 +189,12 @@ def t_record_hook(status: Any) -> None:
         f"{prefix}:test:hooks:{status.run_id}",
         json.dumps({"status": status.status, "pid": os.getpid()}),
     )
+
+
+@plugin("t_model")
+def t_model(ctx: TaskContext, k: int = 1, fail: int = 0) -> list[dict[str, Any]]:
+    """The model-based test's plugin: k artifacts derived from the inputs (tests/model/derive)."""
+    if should_fail(fail, ctx.artifacts):
+        raise RuntimeError(f"model failure in node {ctx.node!r} task {ctx.task_index}")
+    keys = [a["key"] for arts in ctx.inputs.values() for a in arts]
+    return outputs(ctx.node, keys, k)
