@@ -198,3 +198,42 @@ def t_model(ctx: TaskContext, k: int = 1, fail: int = 0) -> list[dict[str, Any]]
         raise RuntimeError(f"model failure in node {ctx.node!r} task {ctx.task_index}")
     keys = [a["key"] for arts in ctx.inputs.values() for a in arts]
     return outputs(ctx.node, keys, k)
+
+
+@plugin("t_big")
+def t_big(ctx: TaskContext, size: int = 10) -> Iterator[dict[str, Any]]:
+    """One small artifact, then one of ``size`` characters."""
+    note(ctx)
+    yield {"small": True}
+    yield {"blob": "x" * size}
+
+
+@plugin("t_weird")
+def t_weird(ctx: TaskContext, kind: str = "set") -> Any:
+    """Return something that is not a JSON object (or not JSON at all)."""
+    note(ctx)
+    weird: dict[str, Any] = {
+        "set": {"s": {1, 2}},
+        "bytes": {"b": b"\x00"},
+        "nan": {"x": float("nan")},
+        "inf": {"x": float("inf")},
+        "int_keys": {1: "one"},
+        "text": "just a string",
+        "number": 42,
+        "list_of_text": [{"ok": 1}, "not a dict"],
+        "circular": _circular(),
+    }
+    return weird[kind]
+
+
+def _circular() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+@plugin("t_texts")
+def t_texts(ctx: TaskContext, texts: list[str] | None = None) -> list[dict[str, Any]]:
+    """One artifact per given text."""
+    note(ctx)
+    return [{"text": t, "n": i} for i, t in enumerate(texts or [])]
