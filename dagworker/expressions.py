@@ -223,8 +223,29 @@ def _nth(value: Any, index: Any) -> Any:
     return _pick(_to_int(index))(value)
 
 
+def _room(size: int) -> None:
+    """Refuse to build a text longer than MAX_TEXT.
+
+    The size of every value is checked after each pipe, but pipes that multiply their input
+    (``replace`` with a long replacement, ``join`` with a long separator, ``pad`` to a huge
+    width) would first build it: one expression could allocate gigabytes and stall a worker for
+    seconds before the check ran. These pipes compute their result's size first.
+    """
+    if size > MAX_TEXT:
+        raise ExpressionEvalError(f"a result longer than MAX_TEXT={MAX_TEXT} characters")
+
+
 def _join(value: Any, sep: Any = "") -> str:
-    return str(sep).join(_text(v) for v in _need_list(value))
+    parts = [_text(v) for v in _need_list(value)]
+    glue = str(sep)
+    _room(sum(map(len, parts)) + len(glue) * max(0, len(parts) - 1))
+    return glue.join(parts)
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    hits = text.count(old)  # "" matches len(text) + 1 times, as str.replace inserts it
+    _room(len(text) + hits * (len(new) - len(old)))
+    return text.replace(old, new)
 
 
 def _split(value: Any, sep: Any = None) -> list[str]:
@@ -253,7 +274,9 @@ def _compact(value: Any) -> list[Any]:
 
 def _pad(value: Any, width: Any, char: Any = " ") -> str:
     fill = str(char)[:1] or " "
-    return _text(value).rjust(_to_int(width), fill)
+    width = _to_int(width)
+    _room(width)
+    return _text(value).rjust(width, fill)
 
 
 def _truncate(value: Any, length: Any) -> Any:
@@ -284,7 +307,7 @@ PIPES: Mapping[str, PipeSpec] = {
     "title": PipeSpec(_mapped(str.title)),
     "strip": PipeSpec(lambda v, chars=None: _mapped(lambda s: s.strip(chars))(v), 0, 1),
     "replace": PipeSpec(
-        lambda v, old, new: _mapped(lambda s: s.replace(str(old), str(new)))(v), 2, 2
+        lambda v, old, new: _mapped(lambda s: _replace(s, str(old), str(new)))(v), 2, 2
     ),
     "default": PipeSpec(_default, 1, 1, missing_ok=True),
     "required": PipeSpec(_required, missing_ok=True),

@@ -8,6 +8,7 @@ never a silently ignored setting. Cross-node checks (graph, plugins, bindings) l
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -139,42 +140,113 @@ class Pipeline(_Strict):
         return self.model_dump_json(exclude_defaults=True)
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a parsed document, stopping early once past ``limit``."""
+def _shape(value: Any, depth_limit: int, count_limit: int) -> tuple[int, int]:
+    """Nesting depth and number of values of a parsed document, stopping early past a limit.
+
+    Also refuses NaN and infinities (not JSON: stored pipelines would silently turn them into
+    null).
+    """
     stack = [(value, 1)]
-    deepest = 0
+    deepest = count = 0
     while stack:
         item, depth = stack.pop()
+        count += 1
         deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
+        if deepest > depth_limit or count > count_limit:
+            break
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-    return deepest
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise PipelineLoadError(f"{item} is not a JSON number (NaN and infinities are refused)")
+    return deepest, count
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice is an error, not "the last one wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise PipelineLoadError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise PipelineLoadError(f"{name} is not JSON (NaN and infinities are refused)")
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one,
+    so a repeated ``depends_on`` or ``nodes`` would drop a setting without a word)."""
+
+
+def _construct_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *base" then an explicit key legitimately overrides the merged one
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictYamlLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
 
 
 def parse_document(text: str, source: str = "<string>") -> dict[str, Any]:
     """Parse YAML or JSON text into a dict, refusing oversized, over-deep or non-object input."""
-    if len(text.encode()) > MAX_PIPELINE_BYTES:
+    size = len(text.encode())
+    if size > MAX_PIPELINE_BYTES:
         raise PipelineLoadError(
-            f"{source}: {len(text.encode())} bytes is over the {MAX_PIPELINE_BYTES}-byte limit"
+            f"{source}: {size} bytes is over the {MAX_PIPELINE_BYTES}-byte limit"
         )
     try:
         # JSON is (almost) YAML, but json gives better errors for .json files.
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        if text.lstrip().startswith("{"):
+            data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+        else:
+            data = yaml.load(text, Loader=_StrictYamlLoader)
     except json.JSONDecodeError as exc:
         raise PipelineLoadError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
     except yaml.YAMLError as exc:
         raise PipelineLoadError(f"{source}: invalid YAML: {exc}") from exc
     except RecursionError as exc:
         raise PipelineLoadError(f"{source}: nesting too deep") from exc
+    except PipelineLoadError as exc:
+        raise PipelineLoadError(f"{source}: {exc}") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise PipelineLoadError(f"{source}: invalid value: {exc}") from exc
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise PipelineLoadError(f"{source}: a pipeline is a mapping at the top level, not {kind}")
-    if _depth(data, MAX_PIPELINE_DEPTH) > MAX_PIPELINE_DEPTH:
+    # Without YAML aliases a document cannot hold more values than it has bytes; with them a
+    # few hundred bytes can stand for billions ("billion laughs") that every later step
+    # (validation, storing the pipeline) would expand.
+    try:
+        depth, count = _shape(data, MAX_PIPELINE_DEPTH, size + 1)
+    except PipelineLoadError as exc:
+        raise PipelineLoadError(f"{source}: {exc}") from exc
+    if depth > MAX_PIPELINE_DEPTH:
         raise PipelineLoadError(f"{source}: nesting deeper than {MAX_PIPELINE_DEPTH} levels")
+    if count > size + 1:
+        raise PipelineLoadError(
+            f"{source}: YAML aliases expand to more values than the document has bytes "
+            f"({size}); write the values out instead of repeating aliases"
+        )
     return data
 
 

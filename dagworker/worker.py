@@ -13,11 +13,13 @@ import importlib
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
 
@@ -36,9 +38,29 @@ log = logging.getLogger("dagworker.worker")
 ENTRY_POINT_GROUP = "dagworker.plugins"
 
 
+def broker_use_ssl(url: str) -> dict[str, Any] | bool:
+    """TLS options for a ``rediss://`` broker: verify the server unless the URL says otherwise.
+
+    kombu, given a ``rediss://`` URL without ``ssl_*`` query parameters, only logs a warning and
+    connects with ``CERT_NONE`` (no certificate check, open to a man in the middle), whereas
+    redis-py, which dagworker uses for run state, verifies by default. The broker carries the
+    same deployment's traffic, so it gets the same default: ``CERT_REQUIRED`` against the
+    system CAs. ``ssl_*`` parameters in the URL (``ssl_cert_reqs``, ``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``) are left to kombu, which reads them itself and lets them
+    override this.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return False
+    if any(key.startswith("ssl_") for key, _ in parse_qsl(parts.query)):
+        return {}  # kombu takes them from the URL (they win over broker_use_ssl)
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.effective_broker_url,
+        "broker_use_ssl": broker_use_ssl(settings.effective_broker_url),
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from dagworker import TaskContext, on_run, plugin
+from tests.model.derive import outputs, should_fail
 
 _client: redis.Redis | None = None
 
@@ -258,3 +259,51 @@ def t_on_q2(ctx: TaskContext) -> dict[str, Any]:
     note(ctx)
     ctx.logger.info("t_on_q2 handled item %s", (ctx.artifact or {}).get("i"))
     return {"i": (ctx.artifact or {}).get("i"), "queue": "q2"}
+
+
+@plugin("t_model")
+def t_model(ctx: TaskContext, k: int = 1, fail: int = 0) -> list[dict[str, Any]]:
+    """The model-based test's plugin: k artifacts derived from the inputs (tests/model/derive)."""
+    if should_fail(fail, ctx.artifacts):
+        raise RuntimeError(f"model failure in node {ctx.node!r} task {ctx.task_index}")
+    keys = [a["key"] for arts in ctx.inputs.values() for a in arts]
+    return outputs(ctx.node, keys, k)
+
+
+@plugin("t_big")
+def t_big(ctx: TaskContext, size: int = 10) -> Iterator[dict[str, Any]]:
+    """One small artifact, then one of ``size`` characters."""
+    note(ctx)
+    yield {"small": True}
+    yield {"blob": "x" * size}
+
+
+@plugin("t_weird")
+def t_weird(ctx: TaskContext, kind: str = "set") -> Any:
+    """Return something that is not a JSON object (or not JSON at all)."""
+    note(ctx)
+    weird: dict[str, Any] = {
+        "set": {"s": {1, 2}},
+        "bytes": {"b": b"\x00"},
+        "nan": {"x": float("nan")},
+        "inf": {"x": float("inf")},
+        "int_keys": {1: "one"},
+        "text": "just a string",
+        "number": 42,
+        "list_of_text": [{"ok": 1}, "not a dict"],
+        "circular": _circular(),
+    }
+    return weird[kind]
+
+
+def _circular() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+@plugin("t_texts")
+def t_texts(ctx: TaskContext, texts: list[str] | None = None) -> list[dict[str, Any]]:
+    """One artifact per given text."""
+    note(ctx)
+    return [{"text": t, "n": i} for i, t in enumerate(texts or [])]
