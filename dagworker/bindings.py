@@ -54,6 +54,7 @@ def task_scope(
     run_id: str,
     pipeline: str,
     index: int,
+    repeat_index: int = 0,
 ) -> dict[str, Any]:
     scope: dict[str, Any] = {dep: list(inputs.get(dep, ())) for dep in node.depends_on}
     scope.update(
@@ -61,7 +62,7 @@ def task_scope(
             "input": dict(run_input),
             "config": dict(node.config),
             "run": {"id": run_id, "pipeline": pipeline},
-            "task": {"index": index},
+            "task": {"index": index, "repeat_index": repeat_index},
         }
     )
     return scope

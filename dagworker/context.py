@@ -24,6 +24,7 @@ class TaskContext:
     input: dict[str, Any] = field(default_factory=dict)  # the run input
     outputs: list[dict[str, Any]] = field(default_factory=list)  # in rollback: what it produced
     error: str | None = None  # in rollback: the run's error
+    repeat_index: int = 0  # with ``repeat: N`` on the node: which of the N tasks of an input
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("dagworker.plugin"))
 
     @property

@@ -216,6 +216,7 @@ def _context(
         inputs=inputs,
         config=dict(node.config),
         input=c.run_input,
+        repeat_index=int(spec.get("r", 0)),
         logger=logging.getLogger(f"dagworker.plugin.{node.plugin}"),
     )
 

@@ -42,7 +42,7 @@ from dagworker.faults import crash_point
 from dagworker.graph import Graph
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
-from dagworker.routing import TaskPlan, iter_plans
+from dagworker.routing import TaskPlan, iter_plans, repeated
 from dagworker.settlement import Decision, NodeOutcome, decide
 from dagworker.states import NodeState, RunState
 from dagworker.store import LazyMap, Store, now
@@ -288,7 +288,7 @@ class Orchestrator:
         else:
             inputs = {dep: self._inputs_of(c, dep, node.slug) for dep in node.depends_on}
             plans = iter_plans(node, inputs)
-        for plan in plans:
+        for plan in repeated(node, plans):
             yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
 
     def _spec(self, c: Compiled, node: Node, plan: TaskPlan) -> dict[str, Any]:
@@ -299,9 +299,13 @@ class Orchestrator:
             spec["in"] = {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts}
         if node.fan_mode is FanMode.AGGREGATE:
             spec["agg"] = True
+        if plan.repeat_index:
+            spec["r"] = plan.repeat_index
         if c.bindings[node.slug]:
             fields = {dep: [a.fields for a in arts] for dep, arts in plan.inputs.items()}
-            scope = task_scope(node, fields, c.run_input, c.run_id, c.pipeline.name, plan.index)
+            scope = task_scope(
+                node, fields, c.run_input, c.run_id, c.pipeline.name, plan.index, plan.repeat_index
+            )
             try:
                 spec["b"] = evaluate(node, c.bindings[node.slug], scope)
             except ExpressionError as exc:

@@ -121,6 +121,8 @@ class Node(_Strict):
     queue: str | None = Field(default=None, min_length=1)
     on_failure: OnFailure = OnFailure.FAIL_RUN
     passthrough: bool = False
+    #: Tasks per input (``ctx.repeat_index`` 0..N-1), e.g. several solver seeds.
+    repeat: int = Field(default=1, ge=1, le=10_000)
 
 
 class Pipeline(_Strict):

@@ -10,7 +10,7 @@ inherit the task's origin and an ``aggregate`` task's are broadcast (origin None
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from dagworker.artifact import Artifact
@@ -23,6 +23,7 @@ class TaskPlan:
     index: int
     origin: str | None
     inputs: dict[str, list[Artifact]]
+    repeat_index: int = 0
 
     @property
     def artifacts(self) -> list[Artifact]:
@@ -57,7 +58,20 @@ def iter_plans(node: Node, inputs: Mapping[str, Sequence[Artifact]]) -> Iterator
 
 
 def plan_tasks(node: Node, inputs: Mapping[str, Sequence[Artifact]]) -> list[TaskPlan]:
-    return list(iter_plans(node, inputs))
+    return list(repeated(node, iter_plans(node, inputs)))
+
+
+def repeated(node: Node, plans: Iterable[TaskPlan]) -> Iterator[TaskPlan]:
+    """``repeat: N``: each planned task N times, with the same inputs and origin, renumbered
+    in order (the repeats of one input are adjacent)."""
+    if node.repeat == 1:
+        yield from plans
+        return
+    index = 0
+    for plan in plans:
+        for r in range(node.repeat):
+            yield TaskPlan(index, plan.origin, plan.inputs, r)
+            index += 1
 
 
 def _single(node: Node, kept: dict[str, list[Artifact]]) -> Iterator[TaskPlan]:

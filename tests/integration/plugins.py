@@ -307,3 +307,10 @@ def t_texts(ctx: TaskContext, texts: list[str] | None = None) -> list[dict[str, 
     """One artifact per given text."""
     note(ctx)
     return [{"text": t, "n": i} for i, t in enumerate(texts or [])]
+
+
+@plugin("t_seed")
+def t_seed(ctx: TaskContext, seed_base: int = 0) -> dict[str, Any]:
+    """One solver run per ``repeat`` index: records which seed it got."""
+    note(ctx, repeat=ctx.repeat_index)
+    return {"item": (ctx.artifact or {}).get("i"), "seed": seed_base + ctx.repeat_index}

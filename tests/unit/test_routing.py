@@ -93,3 +93,18 @@ def test_100k_single_plans_are_streamed() -> None:
     assert count == 100_000
     assert first is not None and first.origin == "a:0:0"
     assert last is not None and last.index == 99_999 and last.origin == "a:0:99999"
+
+
+def test_repeat_plans_each_task_n_times_with_the_same_inputs_and_origin() -> None:
+    node = Node(slug="n", plugin="p", depends_on=["a"], repeat=3)
+    a = make("a", ["o1", "o2"])
+    plans = plan_tasks(node, {"a": a})
+    assert [(p.index, p.repeat_index, p.origin) for p in plans] == [
+        (0, 0, "o1"),
+        (1, 1, "o1"),
+        (2, 2, "o1"),
+        (3, 0, "o2"),
+        (4, 1, "o2"),
+        (5, 2, "o2"),
+    ]
+    assert all(p.inputs == {"a": [a[p.index // 3]]} for p in plans)
