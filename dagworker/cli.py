@@ -136,6 +136,7 @@ def validate(pipeline_file: str) -> None:
 @click.option("--wait/--no-wait", default=False, help="Follow the run until it ends.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after N s.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--no-cache", is_flag=True, help="Run plugins even where a node's cache has a hit.")
 @redis_option
 def run(
     pipeline_file: str,
@@ -144,13 +145,14 @@ def run(
     wait: bool,
     timeout: float | None,
     as_json: bool,
+    no_cache: bool,
     redis_url: str | None,
 ) -> None:
     """Validate and start a run of PIPELINE_FILE."""
     with _errors():
         client = _client(redis_url)
         values = parse_inputs(inputs, input_file)
-        handle = client.submit(pipeline_file, values)
+        handle = client.submit(pipeline_file, values, no_cache=no_cache)
         if not wait:
             if as_json:
                 console.print_json(json.dumps({"run_id": handle.id}))

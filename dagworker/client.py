@@ -155,13 +155,22 @@ class Client:
         self.orchestrator  # noqa: B018  (loads plugins so validation sees them)
         return load_pipeline(pipeline, self.registry)
 
-    def submit(self, pipeline: PipelineSource, input: Mapping[str, Any] | None = None) -> RunHandle:
-        """Validate, then start a run. Nothing is sent when the pipeline or input is invalid."""
+    def submit(
+        self,
+        pipeline: PipelineSource,
+        input: Mapping[str, Any] | None = None,
+        *,
+        no_cache: bool = False,
+    ) -> RunHandle:
+        """Validate, then start a run. Nothing is sent when the pipeline or input is invalid.
+
+        ``no_cache``: nodes with ``cache:`` run their plugins anyway (and refresh the cache).
+        """
         orch = self.orchestrator
         validated = load_pipeline(pipeline, self.registry)
         run_input = check_input(validated, dict(input or {}))
         json.dumps(run_input)  # the run input must be JSON (raises TypeError naming the value)
-        run_id = orch.start_run(validated, run_input)
+        run_id = orch.start_run(validated, run_input, no_cache=no_cache)
         return RunHandle(self, run_id)
 
     def get(self, run_id: str) -> RunHandle:

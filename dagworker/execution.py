@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dagworker import cache
 from dagworker.artifact import artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
@@ -131,8 +132,14 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         ctx = _context(orch, c, node, index, attempt, begin.spec)
         kwargs = {**node.config, **begin.spec.get("b", {})}
         timeout = node.timeout_s or plugin.timeout_s
+        key, cached = _cached(orch, c, node, plugin, ctx, kwargs)
+        fields: list[dict[str, Any]] = []
         with time_limit(timeout, slug):
-            encoded, staged, count = _run_plugin(orch, c, node, plugin, ctx, kwargs, begin.spec)
+            encoded, staged, count = _run_plugin(
+                orch, c, node, plugin, ctx, kwargs, begin.spec, cached, fields
+            )
+        if key and cached is None and node.cache and staged is None:
+            cache.save(store.r, key, fields, node.cache.ttl_s)
     except Exception as exc:  # a failing plugin fails its task, never the worker
         return _failed(orch, c, node, plugin, index, attempt, exc)
     finish = store.finish_task(
@@ -146,6 +153,8 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         staged_count=count,
     )
     crash_point("after_finish", slug)
+    if cached is not None and finish.verdict == "recorded":
+        store.record_cache_hit(run_id, slug, index)
     if finish.settle or finish.verdict == "duplicate":
         orch.advance(run_id)
     return "completed" if finish.verdict == "recorded" else finish.verdict
@@ -221,6 +230,23 @@ def _context(
     )
 
 
+def _cached(
+    orch: Orchestrator,
+    c: Compiled,
+    node: Node,
+    plugin: Plugin,
+    ctx: TaskContext,
+    kwargs: Mapping[str, Any],
+) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """The cache key of this task and the outputs cached under it (``cache:`` on the node)."""
+    if node.cache is None:
+        return None, None
+    key = orch.store.keys.cache(cache.cache_key(plugin, kwargs, ctx))
+    if c.no_cache:
+        return key, None  # run anyway, and refresh the entry
+    return key, cache.lookup(orch.store.r, key)
+
+
 def _run_plugin(
     orch: Orchestrator,
     c: Compiled,
@@ -229,8 +255,11 @@ def _run_plugin(
     ctx: TaskContext,
     kwargs: Mapping[str, Any],
     spec: Mapping[str, Any],
+    cached: list[dict[str, Any]] | None = None,
+    keep: list[dict[str, Any]] | None = None,
 ) -> tuple[list[str], str | None, int]:
-    """Stream the plugin's outputs: inline when few, else staged in chunks in Redis.
+    """Stream the plugin's outputs (or the cached ones): inline when few, else staged in
+    chunks in Redis. ``keep`` collects the first outputs' fields, for the cache.
 
     Origins are assigned here, by the engine (DESIGN §4.3): a root task's artifacts are their
     own origin, an aggregate task's are broadcast (None), others inherit the task's origin.
@@ -242,8 +271,11 @@ def _run_plugin(
     staged: str | None = None
     count = 0
     try:
-        for k, fields in enumerate(plugin.iter_outputs(ctx, kwargs)):
+        source = cached if cached is not None else plugin.iter_outputs(ctx, kwargs)
+        for k, fields in enumerate(source):
             count = k + 1
+            if keep is not None and count <= cache.MAX_CACHED_OUTPUTS:
+                keep.append(fields)
             if count > settings.max_artifacts_per_task:
                 raise LimitExceeded(
                     "DAGWORKER_MAX_ARTIFACTS_PER_TASK", count, settings.max_artifacts_per_task

@@ -39,6 +39,10 @@ class Keys:
         """Hash: fleet-wide counters and histogram buckets (``dagworker.metrics``)."""
         return f"{self.prefix}:metrics"
 
+    def cache(self, digest: str) -> str:
+        """String: the cached outputs (JSON list of fields) of tasks with this identity."""
+        return f"{self.prefix}:cache:{digest}"
+
     @property
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler:lock"

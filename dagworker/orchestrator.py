@@ -81,6 +81,7 @@ class Compiled:
     bindings: dict[str, tuple[CompiledBinding, ...]]
     policies: dict[str, OnFailure]
     epoch: str = ""
+    no_cache: bool = False  # the run was started with --no-cache
 
 
 class _RunCache:
@@ -105,6 +106,7 @@ class _RunCache:
                 {n.slug: compile_bindings(n) for n in pipeline.nodes},
                 {n.slug: n.on_failure for n in pipeline.nodes},
                 run.get("epoch") or "",
+                run.get("no_cache") == "1",
             )
             self._items[run_id] = item
             if len(self._items) > self.size:
@@ -153,6 +155,7 @@ class Orchestrator:
         run_input: Mapping[str, Any],
         run_id: str | None = None,
         reuse: tuple[str, Mapping[str, str]] | None = None,
+        no_cache: bool = False,
     ) -> str:
         """Persist a validated pipeline as a new run and launch its roots.
 
@@ -179,6 +182,8 @@ class Orchestrator:
             "tasks_total": 0,
             "tasks_done": 0,
         }
+        if no_cache:
+            record["no_cache"] = "1"
         if reuse:
             record["replay_of"] = reuse[0]
             record["reused"] = json.dumps(sorted(reused))

@@ -108,6 +108,12 @@ class Retry(_Strict):
     jitter: bool = True
 
 
+class Cache(_Strict):
+    """Reuse a previous task's outputs when plugin, version and inputs are the same."""
+
+    ttl_s: float = Field(gt=0, le=366 * 86_400)
+
+
 class Node(_Strict):
     slug: Slug
     plugin: str = Field(min_length=1)
@@ -123,6 +129,7 @@ class Node(_Strict):
     passthrough: bool = False
     #: Tasks per input (``ctx.repeat_index`` 0..N-1), e.g. several solver seeds.
     repeat: int = Field(default=1, ge=1, le=10_000)
+    cache: Cache | None = None
 
 
 class Pipeline(_Strict):

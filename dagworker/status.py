@@ -46,6 +46,7 @@ class NodeStatus(_Tolerant):
     failed: int = 0
     cancelled: int = 0
     compensated: int = 0
+    cache_hits: int = 0
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -110,6 +111,7 @@ def read_status(
                 failed=int(c.get("failed", 0)),
                 cancelled=int(c.get("cancelled", 0)),
                 compensated=int(c.get("compensated", 0)),
+                cache_hits=int(c.get("cache_hits", 0)),
                 error=c.get("error") or None,
                 started_at=_float(c.get("started_at")),
                 finished_at=_float(c.get("finished_at")),

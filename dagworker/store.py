@@ -330,6 +330,12 @@ class Store:
         )
         return TaskBegin(verdict, json.loads(spec) if spec else {}, state, *epoch[:1])
 
+    def record_cache_hit(self, run_id: str, slug: str, index: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.keys.task(run_id, slug, index), "cached", 1)
+        pipe.hincrby(self.keys.node(run_id, slug), "cache_hits", 1)
+        pipe.execute()
+
     def stage_outputs(self, key: str, encoded: Sequence[str]) -> None:
         """Append outputs of a delivery in progress; they expire if the worker dies."""
         pipe = self.r.pipeline(transaction=False)
