@@ -61,3 +61,20 @@ def test_pause_then_resume(client: Client, fleet: Deployment) -> None:
     assert handle.resume() is True
     assert handle.wait(WAIT).status == "completed"
     assert started(fleet, handle.id, "n2")
+
+
+def test_retry_a_cancelled_run_finishes_it_without_redoing_work(
+    client: Client, fleet: Deployment
+) -> None:
+    # Given a chain cancelled while its second node runs
+    handle = client.submit(chain(0.05, 0.8, 0.05, 0.05))
+    wait_for(lambda: started(fleet, handle.id, "n1"))
+    handle.cancel()
+    assert handle.wait(WAIT).status == "cancelled"
+    # When it is retried (the retry waits for n1, still running, to finish first)
+    assert handle.retry() is True
+    status = handle.wait(WAIT)
+    # Then it completes under the same id; n0 and n1 did not run again
+    assert status.status == "completed", status.error
+    runs = [c["node"] for c in fleet.calls(handle.id) if c.get("phase") == "start"]
+    assert sorted(runs) == ["n0", "n1", "n2", "n3"]
