@@ -8,9 +8,13 @@ recognisably the same attempt.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from dagworker.pipeline import Node
 from dagworker.plugin import Plugin
@@ -23,6 +27,29 @@ PLUGIN_TASK_PREFIX = "dagworker.plugin."
 #: only), is set this much later, for a plugin that swallows the timeout.
 HARD_LIMIT_FACTOR = 1.1
 HARD_LIMIT_MIN_EXTRA_S = 5.0
+#: A delivery that cannot reach the run-state Redis waits this long before handing its message
+#: back, so that a Redis that is down does not turn redelivery into a busy loop.
+STATE_DOWN_PAUSE_S = 1.0
+
+T = TypeVar("T")
+
+
+def requeue_if_state_unreachable(what: str, call: Callable[[], T]) -> T:
+    """Run ``call``; if run state in Redis cannot be reached, requeue the message instead.
+
+    With ``acks_late`` Celery acknowledges a task that raised, and the message is gone while the
+    task is still ``queued`` or ``running`` in the run state: nothing would ever finish it (the
+    reconciler repairs outbox, launches and settlements, not running tasks). Requeueing keeps the
+    message; the next delivery repeats only fenced steps (``begin_task`` / ``finish_task``), at
+    worst running the plugin again (at-least-once). When the broker is that same Redis the reject
+    fails too, and the unacknowledged message comes back after the visibility timeout.
+    """
+    try:
+        return call()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("%s: run state unreachable (%s); message requeued", what, exc)
+        time.sleep(STATE_DOWN_PAUSE_S)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
@@ -85,10 +112,13 @@ def register_hooks_task(app: Celery) -> Task:
         from dagworker.status import read_status
         from dagworker.worker import orchestrator
 
-        store = orchestrator().store
-        if not store.claim_hooks(run, event):
-            return 0  # already called (a duplicate delivery or schedule)
-        return call_hooks(event, read_status(store, run))
+        def once() -> int:
+            store = orchestrator().store
+            if not store.claim_hooks(run, event):
+                return 0  # already called (a duplicate delivery or schedule)
+            return call_hooks(event, read_status(store, run))
+
+        return requeue_if_state_unreachable(f"hooks {run} {event}", once)
 
     registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
     return registered
@@ -103,7 +133,10 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
     def run_plugin(run: str, node: str, task: int, attempt: int) -> str:
         from dagworker.worker import orchestrator  # the worker's own, built once per process
 
-        return orchestrator().execute(run, node, int(task), int(attempt))
+        return requeue_if_state_unreachable(
+            f"run {run} node {node} task {task} attempt {attempt}",
+            lambda: orchestrator().execute(run, node, int(task), int(attempt)),
+        )
 
     run_plugin.__name__ = run_plugin.__qualname__ = f"plugin_{plugin.name}"
     run_plugin.__doc__ = plugin.description or f"Runs plugin {plugin.name!r}."
