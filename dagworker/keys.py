@@ -38,6 +38,11 @@ class Keys:
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler:lock"
 
+    @property
+    def progress(self) -> str:
+        """Hash: run id -> ``<version>:<tasks done>|<since>``, for the reconciler's stall check."""
+        return f"{self.prefix}:reconciler:progress"
+
     # -- per run -----------------------------------------------------------------------------
     def run(self, run_id: str) -> str:
         """Hash: status, error, timestamps, version (commit fence), counters."""

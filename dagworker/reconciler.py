@@ -9,7 +9,9 @@ sets, never at every task:
   finish script fences it);
 - nodes claimed whose launch has not finished and has not moved for the grace period are
   launched again (the launch resumes at its cursor);
-- nodes waiting in the settle set are settled.
+- nodes waiting in the settle set are settled;
+- a run that made no progress for a visibility timeout plus the grace period has the tasks of
+  its running nodes checked for messages that vanished (see ``_repair_lost_messages``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Repairs:
     republished: int = 0
     relaunched: int = 0
     settled: int = 0
+    resent: int = 0
 
 
 def reconcile_once(orch: Orchestrator) -> Repairs:
@@ -37,12 +40,17 @@ def reconcile_once(orch: Orchestrator) -> Repairs:
     grace = store.settings.publish_grace
     repairs = Repairs()
     cutoff = now() - grace
-    for run_id in store.r.zrange(store.keys.runs_active, 0, -1):
+    active = store.r.zrange(store.keys.runs_active, 0, -1)
+    for run_id in active:
         repairs.runs += 1
         try:
             _repair_run(orch, run_id, cutoff, repairs)
+            _repair_lost_messages(orch, run_id, repairs)
         except Exception:  # one broken run must not stop the repair of the others
             log.exception("reconciler: run %s could not be repaired", run_id)
+    ended = set(store.r.hkeys(store.keys.progress)) - set(active)
+    if ended:
+        store.r.hdel(store.keys.progress, *ended)
     return repairs
 
 
@@ -71,6 +79,62 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
     if store.settle_pending(run_id):
         repairs.settled += 1
         orch.advance(run_id)
+
+
+def _repair_lost_messages(orch: Orchestrator, run_id: str, repairs: Repairs) -> None:
+    """Resend the tasks of a stalled run whose message vanished from the broker.
+
+    kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged: a
+    worker killed in between loses the message, and neither the visibility timeout nor the
+    outbox (already confirmed) brings it back; the task stays ``queued`` (or ``retrying``) for
+    ever. Seen in ``make chaos``. Such a run stops progressing, so only a run whose version and
+    tasks-done count have not moved for a visibility timeout plus the grace period is looked at
+    (its running nodes' tasks, once per period). A message that was only slow (a long backlog)
+    gets a duplicate: harmless to the state (``begin_task`` / ``finish_task`` fence it), at worst
+    the plugin runs twice. Resent tasks count ``republished`` in their hash.
+    """
+    store, k = orch.store, orch.store.keys
+    settings = store.settings
+    run = store.run(run_id)
+    if run.get("status") != "running":  # a paused run does not progress, by design
+        return
+    mark = f"{run.get('version', 0)}:{run.get('tasks_done', 0)}"
+    at = now()
+    seen = store.r.hget(k.progress, run_id)
+    since = float(seen.split("|")[1]) if seen and seen.split("|")[0] == mark else None
+    if since is None:
+        store.r.hset(k.progress, run_id, f"{mark}|{at}")
+        return
+    if at - since < settings.visibility_timeout + settings.publish_grace:
+        return
+    store.r.hset(k.progress, run_id, f"{mark}|{at}")  # next look after another period
+    c = orch.compiled(run_id)
+    states = store.nodes(run_id)
+    for slug, node in c.nodes.items():
+        if states.get(slug) != "running":
+            continue
+        total = store.launch_cursor(run_id, slug)
+        if not total:
+            continue
+        todo = []
+        for index, (state, attempt) in enumerate(store.tasks_state(run_id, slug, 0, total - 1)):
+            due = f"retry|{run_id}|{slug}|{index}|{attempt}"
+            if state == "queued" or (state == "retrying" and store.r.zscore(k.due, due) is None):
+                todo.append((index, attempt))
+        if todo:
+            orch.publisher.publish(run_id, node, orch.registry.get(node.plugin), todo)
+            pipe = store.r.pipeline(transaction=False)
+            for index, _ in todo:
+                pipe.hincrby(k.task(run_id, slug, index), "republished", 1)
+            pipe.execute()
+            repairs.resent += len(todo)
+            log.warning(
+                "reconciler: run %s node %s: no progress for %.0fs; resent %d task(s)",
+                run_id,
+                slug,
+                at - since,
+                len(todo),
+            )
 
 
 #: A poller that claimed a due retry has this long to publish it before another one may.
@@ -107,6 +171,6 @@ def try_reconcile(orch: Orchestrator, interval: float) -> Repairs | None:
         return None
     started = time.monotonic()
     repairs = reconcile_once(orch)
-    if repairs.republished or repairs.relaunched or repairs.settled:
+    if repairs.republished or repairs.relaunched or repairs.settled or repairs.resent:
         log.warning("reconciler pass in %.3fs: %s", time.monotonic() - started, repairs)
     return repairs

@@ -163,6 +163,28 @@ def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
     )
 
 
+def test_message_lost_by_the_broker_is_resent_by_the_reconciler(crashy: Deployment) -> None:
+    # Given a run whose first task's message vanished from the broker after it was confirmed
+    # sent (kombu's Redis transport loses a message exactly so when a worker is killed between
+    # popping it and recording it as unacknowledged)
+    client = crashy.client()
+    handle = client.submit(CHAIN)
+    assert crashy.redis.delete(f"{crashy.prefix}:kombu:{crashy.settings.default_queue}") == 1
+    assert client.store.r.zcard(client.store.keys.outbox(handle.id)) == 0
+    # When a worker comes up: its reconciler sees the run make no progress
+    started = time.time()
+    crashy.start_worker()
+    status = handle.wait(WAIT)
+    # Then a was resent once, after the run stalled for visibility timeout + grace, and the
+    # run completed with every task run once
+    assert status.status == "completed", status.error
+    calls = crashy.calls(handle.id)
+    assert Counter(c["node"] for c in calls) == {"a": 1, "b": 1, "c": 1}
+    assert client.store.task(handle.id, "a", 0)["republished"] == "1"
+    settings = crashy.settings
+    assert calls[0]["at"] - started >= settings.visibility_timeout + settings.publish_grace
+
+
 def test_duplicate_delivery_of_a_running_task(crashy: Deployment) -> None:
     # Given a task that runs longer than the visibility timeout (3 s), and two workers
     crashy.start_worker()
