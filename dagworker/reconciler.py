@@ -16,12 +16,13 @@ sets, never at every task:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 
 from dagworker.orchestrator import Orchestrator
-from dagworker.store import now
+from dagworker.store import Store, now
 
 log = logging.getLogger("dagworker.reconciler")
 
@@ -88,13 +89,15 @@ def _repair_lost_messages(orch: Orchestrator, run_id: str, repairs: Repairs) -> 
     worker killed in between loses the message, and neither the visibility timeout nor the
     outbox (already confirmed) brings it back; the task stays ``queued`` (or ``retrying``) for
     ever. Seen in ``make chaos``. Such a run stops progressing, so only a run whose version and
-    tasks-done count have not moved for a visibility timeout plus the grace period is looked at
-    (its running nodes' tasks, once per period). A message that was only slow (a long backlog)
-    gets a duplicate: harmless to the state (``begin_task`` / ``finish_task`` fence it), at worst
-    the plugin runs twice. Resent tasks count ``republished`` in their hash.
+    tasks-done count have not moved for a visibility timeout plus the grace period is looked at,
+    once per period; and a task is resent only when its message is provably gone: its queue is
+    empty and no unacknowledged message carries its id. Resent tasks count ``republished`` in
+    their hash. Only for a broker that is this Redis (AMQP brokers do not lose popped messages).
     """
     store, k = orch.store, orch.store.keys
     settings = store.settings
+    if settings.effective_broker_url != settings.redis_url:
+        return
     run = store.run(run_id)
     if run.get("status") != "running":  # a paused run does not progress, by design
         return
@@ -111,9 +114,7 @@ def _repair_lost_messages(orch: Orchestrator, run_id: str, repairs: Repairs) -> 
     c = orch.compiled(run_id)
     states = store.nodes(run_id)
     for slug, node in c.nodes.items():
-        if states.get(slug) != "running":
-            continue
-        total = store.launch_cursor(run_id, slug)
+        total = store.launch_cursor(run_id, slug) if states.get(slug) == "running" else 0
         if not total:
             continue
         todo = []
@@ -121,20 +122,38 @@ def _repair_lost_messages(orch: Orchestrator, run_id: str, repairs: Repairs) -> 
             due = f"retry|{run_id}|{slug}|{index}|{attempt}"
             if state == "queued" or (state == "retrying" and store.r.zscore(k.due, due) is None):
                 todo.append((index, attempt))
-        if todo:
-            orch.publisher.publish(run_id, node, orch.registry.get(node.plugin), todo)
-            pipe = store.r.pipeline(transaction=False)
-            for index, _ in todo:
-                pipe.hincrby(k.task(run_id, slug, index), "republished", 1)
-            pipe.execute()
-            repairs.resent += len(todo)
-            log.warning(
-                "reconciler: run %s node %s: no progress for %.0fs; resent %d task(s)",
-                run_id,
-                slug,
-                at - since,
-                len(todo),
-            )
+        plugin = orch.registry.get(node.plugin)
+        queue = node.queue or plugin.queue or settings.default_queue
+        if not todo or store.r.llen(k.broker_queue(queue)):
+            continue  # nothing waits, or its message may still be in the queue
+        delivered = _unacked_task_ids(store)
+        todo = [(i, a) for i, a in todo if f"{run_id}:{slug}:{i}:{a}" not in delivered]
+        if not todo:
+            continue
+        orch.publisher.publish(run_id, node, plugin, todo)
+        pipe = store.r.pipeline(transaction=False)
+        for index, _ in todo:
+            pipe.hincrby(k.task(run_id, slug, index), "republished", 1)
+        pipe.execute()
+        repairs.resent += len(todo)
+        log.warning(
+            "reconciler: run %s node %s: no progress for %.0fs and no message; resent %d task(s)",
+            run_id,
+            slug,
+            at - since,
+            len(todo),
+        )
+
+
+def _unacked_task_ids(store: Store) -> set[str]:
+    """Task ids of the messages workers hold (a few per worker: prefetch 1)."""
+    ids = set()
+    for raw in store.r.hvals(store.keys.broker_unacked):
+        try:
+            ids.add(str(json.loads(raw)[0]["headers"]["id"]))
+        except (ValueError, LookupError, TypeError):
+            continue
+    return ids
 
 
 #: A poller that claimed a due retry has this long to publish it before another one may.
