@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export DAGWORKER_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install demo test test-unit test-integration lint typecheck bench worker flower metrics \
-	check-graph-html clean
+.PHONY: install demo test test-unit test-integration chaos lint typecheck bench worker flower \
+	metrics check-graph-html clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest -q tests/integration
+
+chaos: install  ## kill random workers under concurrent runs; prints figures (not part of `make test`)
+	$(BIN)/python -m pytest -q -s -m chaos tests/chaos
 
 lint: install
 	$(BIN)/ruff check dagworker plugins tests bench

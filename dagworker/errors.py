@@ -118,7 +118,11 @@ class RunNotFound(RunError):
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        super().__init__(f"no run {run_id!r} (check the id and DAGWORKER_KEY_PREFIX)")
+        # A run that existed vanishes only with its Redis data (restart without persistence).
+        super().__init__(
+            f"no run {run_id!r} (check the id and DAGWORKER_KEY_PREFIX; "
+            "runs do not survive a Redis restart without persistence)"
+        )
 
 
 class RunRefused(RunError):

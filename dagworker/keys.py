@@ -47,6 +47,21 @@ class Keys:
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler:lock"
 
+    @property
+    def progress(self) -> str:
+        """Hash: run id -> ``<version>:<tasks done>|<since>``, for the reconciler's stall check."""
+        return f"{self.prefix}:reconciler:progress"
+
+    # -- kombu's own keys (the broker, when it is this Redis) ---------------------------------
+    def broker_queue(self, queue: str) -> str:
+        """List: the messages waiting in a Celery queue (kombu's ``global_keyprefix``)."""
+        return f"{self.prefix}:kombu:{queue}"
+
+    @property
+    def broker_unacked(self) -> str:
+        """Hash: delivery tag -> message delivered to a worker and not yet acknowledged."""
+        return f"{self.prefix}:kombu:unacked"
+
     # -- per run -----------------------------------------------------------------------------
     def run(self, run_id: str) -> str:
         """Hash: status, error, timestamps, version (commit fence), counters."""

@@ -11,18 +11,21 @@ sets, never at every task:
   launched again (the launch resumes at its cursor);
 - nodes waiting in the settle set are settled;
 - a run rolling back has its rollback started once it drained, its stalled compensation
-  launches resumed and its compensation settle set settled (``rollback.repair``).
+  launches resumed and its compensation settle set settled (``rollback.repair``);
+- a run that made no progress for a visibility timeout plus the grace period has the tasks of
+  its running nodes checked for messages that vanished (see ``_repair_lost_messages``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 
 from dagworker import rollback
 from dagworker.orchestrator import Orchestrator
-from dagworker.store import now
+from dagworker.store import Store, now
 
 log = logging.getLogger("dagworker.reconciler")
 
@@ -33,6 +36,7 @@ class Repairs:
     republished: int = 0
     relaunched: int = 0
     settled: int = 0
+    resent: int = 0
 
 
 def reconcile_once(orch: Orchestrator) -> Repairs:
@@ -40,12 +44,17 @@ def reconcile_once(orch: Orchestrator) -> Repairs:
     grace = store.settings.publish_grace
     repairs = Repairs()
     cutoff = now() - grace
-    for run_id in store.r.zrange(store.keys.runs_active, 0, -1):
+    active = store.r.zrange(store.keys.runs_active, 0, -1)
+    for run_id in active:
         repairs.runs += 1
         try:
             _repair_run(orch, run_id, cutoff, repairs)
+            _repair_lost_messages(orch, run_id, repairs)
         except Exception:  # one broken run must not stop the repair of the others
             log.exception("reconciler: run %s could not be repaired", run_id)
+    ended = set(store.r.hkeys(store.keys.progress)) - set(active)
+    if ended:
+        store.r.hdel(store.keys.progress, *ended)
     return repairs
 
 
@@ -76,6 +85,80 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
         orch.advance(run_id)
     if store.run(run_id).get("status") == "rolling_back":
         repairs.relaunched += rollback.repair(orch, run_id, cutoff)
+
+
+def _repair_lost_messages(orch: Orchestrator, run_id: str, repairs: Repairs) -> None:
+    """Resend the tasks of a stalled run whose message vanished from the broker.
+
+    kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged: a
+    worker killed in between loses the message, and neither the visibility timeout nor the
+    outbox (already confirmed) brings it back; the task stays ``queued`` (or ``retrying``) for
+    ever. Seen in ``make chaos``. Such a run stops progressing, so only a run whose version and
+    tasks-done count have not moved for a visibility timeout plus the grace period is looked at,
+    once per period; and a task is resent only when its message is provably gone: its queue is
+    empty and no unacknowledged message carries its id. Resent tasks count ``republished`` in
+    their hash. Only for a broker that is this Redis (AMQP brokers do not lose popped messages).
+    """
+    store, k = orch.store, orch.store.keys
+    settings = store.settings
+    if settings.effective_broker_url != settings.redis_url:
+        return
+    run = store.run(run_id)
+    if run.get("status") != "running":  # a paused run does not progress, by design
+        return
+    mark = f"{run.get('version', 0)}:{run.get('tasks_done', 0)}"
+    at = now()
+    seen = store.r.hget(k.progress, run_id)
+    since = float(seen.split("|")[1]) if seen and seen.split("|")[0] == mark else None
+    if since is None:
+        store.r.hset(k.progress, run_id, f"{mark}|{at}")
+        return
+    if at - since < settings.visibility_timeout + settings.publish_grace:
+        return
+    store.r.hset(k.progress, run_id, f"{mark}|{at}")  # next look after another period
+    c = orch.compiled(run_id)
+    states = store.nodes(run_id)
+    for slug, node in c.nodes.items():
+        total = store.launch_cursor(run_id, slug) if states.get(slug) == "running" else 0
+        if not total:
+            continue
+        todo = []
+        for index, (state, attempt) in enumerate(store.tasks_state(run_id, slug, 0, total - 1)):
+            due = f"retry|{run_id}|{slug}|{index}|{attempt}"
+            if state == "queued" or (state == "retrying" and store.r.zscore(k.due, due) is None):
+                todo.append((index, attempt))
+        plugin = orch.registry.get(node.plugin)
+        queue = node.queue or plugin.queue or settings.default_queue
+        if not todo or store.r.llen(k.broker_queue(queue)):
+            continue  # nothing waits, or its message may still be in the queue
+        delivered = _unacked_task_ids(store)
+        todo = [(i, a) for i, a in todo if f"{run_id}:{slug}:{i}:{a}" not in delivered]
+        if not todo:
+            continue
+        orch.publisher.publish(run_id, node, plugin, todo)
+        pipe = store.r.pipeline(transaction=False)
+        for index, _ in todo:
+            pipe.hincrby(k.task(run_id, slug, index), "republished", 1)
+        pipe.execute()
+        repairs.resent += len(todo)
+        log.warning(
+            "reconciler: run %s node %s: no progress for %.0fs and no message; resent %d task(s)",
+            run_id,
+            slug,
+            at - since,
+            len(todo),
+        )
+
+
+def _unacked_task_ids(store: Store) -> set[str]:
+    """Task ids of the messages workers hold (a few per worker: prefetch 1)."""
+    ids = set()
+    for raw in store.r.hvals(store.keys.broker_unacked):
+        try:
+            ids.add(str(json.loads(raw)[0]["headers"]["id"]))
+        except (ValueError, LookupError, TypeError):
+            continue
+    return ids
 
 
 #: A poller that claimed a due retry has this long to publish it before another one may.
@@ -119,6 +202,6 @@ def try_reconcile(orch: Orchestrator, interval: float) -> Repairs | None:
         return None
     started = time.monotonic()
     repairs = reconcile_once(orch)
-    if repairs.republished or repairs.relaunched or repairs.settled:
+    if repairs.republished or repairs.relaunched or repairs.settled or repairs.resent:
         log.warning("reconciler pass in %.3fs: %s", time.monotonic() - started, repairs)
     return repairs

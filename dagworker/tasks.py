@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from dagworker.logs import task_context
 from dagworker.metrics import TASKS_TOTAL, recorder
@@ -31,6 +34,29 @@ HARD_LIMIT_MIN_EXTRA_S = 5.0
 SENT_HEADER = "dagworker_sent"
 #: Outcomes of a delivery in which the plugin ran (the others are duplicates and no-ops).
 RAN = frozenset({"completed", "failed", "retrying"})
+#: A delivery that cannot reach the run-state Redis waits this long before handing its message
+#: back, so that a Redis that is down does not turn redelivery into a busy loop.
+STATE_DOWN_PAUSE_S = 1.0
+
+T = TypeVar("T")
+
+
+def requeue_if_state_unreachable(what: str, call: Callable[[], T]) -> T:
+    """Run ``call``; if run state in Redis cannot be reached, requeue the message instead.
+
+    With ``acks_late`` Celery acknowledges a task that raised, and the message is gone while the
+    task is still ``queued`` or ``running`` in the run state: nothing would ever finish it (the
+    reconciler repairs outbox, launches and settlements, not running tasks). Requeueing keeps the
+    message; the next delivery repeats only fenced steps (``begin_task`` / ``finish_task``), at
+    worst running the plugin again (at-least-once). When the broker is that same Redis the reject
+    fails too, and the unacknowledged message comes back after the visibility timeout.
+    """
+    try:
+        return call()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("%s: run state unreachable (%s); message requeued", what, exc)
+        time.sleep(STATE_DOWN_PAUSE_S)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 def task_id(run_id: str, node: str, index: int, attempt: int) -> str:
@@ -116,14 +142,17 @@ def register_hooks_task(app: Celery) -> Task:
         from dagworker.status import read_status
         from dagworker.worker import orchestrator
 
-        store = orchestrator().store
-        if not store.claim_hooks(run, event):
-            return 0  # already called (a duplicate delivery or schedule)
-        # The run may have moved on since it ended (a rollback on request): hooks get the
-        # state they were scheduled for.
-        status = read_status(store, run).model_copy(update={"status": event})
-        recorder.run_finished(status.pipeline, event)  # once per run and event, like the hooks
-        return call_hooks(event, status)
+        def once() -> int:
+            store = orchestrator().store
+            if not store.claim_hooks(run, event):
+                return 0  # already called (a duplicate delivery or schedule)
+            # The run may have moved on since it ended (a rollback on request): hooks get the
+            # state they were scheduled for.
+            status = read_status(store, run).model_copy(update={"status": event})
+            recorder.run_finished(status.pipeline, event)  # once per run and event
+            return call_hooks(event, status)
+
+        return requeue_if_state_unreachable(f"hooks {run} {event}", once)
 
     registered: Task = app.task(name=HOOKS_TASK, ignore_result=True, acks_late=True)(run_hooks)
     return registered
@@ -141,7 +170,10 @@ def register_plugin_task(app: Celery, plugin: Plugin) -> Task:
         started, clock = time.time(), time.perf_counter()
         recorder.take_orchestration_time()
         with task_context(run, node, int(task), int(attempt)):
-            outcome = orchestrator().execute(run, node, int(task), int(attempt))
+            outcome = requeue_if_state_unreachable(
+                f"run {run} node {node} task {task} attempt {attempt}",
+                lambda: orchestrator().execute(run, node, int(task), int(attempt)),
+            )
         if outcome in RAN:
             request = self.request
             sent = request.get(SENT_HEADER)
@@ -176,7 +208,10 @@ def register_rollback_task(app: Celery, plugin: Plugin) -> Task:
         from dagworker.worker import orchestrator
 
         with task_context(run, node, int(task), int(attempt)):
-            return orchestrator().compensate(run, node, int(task), int(attempt))
+            return requeue_if_state_unreachable(
+                f"run {run} node {node} task {task} compensation {attempt}",
+                lambda: orchestrator().compensate(run, node, int(task), int(attempt)),
+            )
 
     run_rollback.__name__ = run_rollback.__qualname__ = f"rollback_{plugin.name}"
     run_rollback.__doc__ = f"Compensates tasks of plugin {plugin.name!r}."

@@ -81,6 +81,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # crashed task is redelivered soon after the timeout.
             "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 4))),
             "unacked_restore_throttle": 1,
+            # The sweep runs under a Redis mutex that kombu holds for up to 300 s. A worker
+            # SIGKILLed mid-sweep leaves it held, and no message of a dead worker is
+            # redelivered until it expires: runs stall for minutes (seen in `make chaos`).
+            # A short expiry is safe, each restore is a WATCH/MULTI transaction.
+            "unacked_mutex_expire": min(300, max(5, int(settings.visibility_timeout / 10))),
         },
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,

@@ -114,6 +114,8 @@ class Deployment:
                 ),
             }
         )
+        if self.settings.broker_url:
+            env["DAGWORKER_BROKER_URL"] = self.settings.broker_url
         env.update(self.extra_env)
         env.update(overrides)
         return env
@@ -199,11 +201,13 @@ def flag(deployment: Deployment, name: str) -> Iterator[str]:
 
 
 def make_deployment(tmp: Path, **settings: Any) -> Deployment:
-    client = _redis_or_skip(REDIS_URL)
+    """A deployment on the test Redis, or on ``redis_url`` (a server the test started)."""
+    url = settings.get("redis_url", REDIS_URL)
+    client = _redis_or_skip(url)
     os.environ["DAGWORKER_PLUGINS"] = TEST_PLUGINS
     prefix = f"dwtest-{secrets.token_hex(3)}"
     base = dict(
-        redis_url=REDIS_URL,
+        redis_url=url,
         key_prefix=prefix,
         plugins=(TEST_PLUGINS,),
         reconcile_interval=2.0,

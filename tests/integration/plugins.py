@@ -182,6 +182,47 @@ def t_kwargs(ctx: TaskContext, **kwargs: Any) -> dict[str, Any]:
     return {"kwargs": kwargs}
 
 
+def _timed(ctx: TaskContext, seconds: float) -> None:
+    """Record the start of a delivery and work for a while (the chaos suite kills workers here)."""
+    note(ctx, phase="start")
+    time.sleep(seconds)
+
+
+@plugin("t_chaos_emit")
+def t_chaos_emit(ctx: TaskContext, n: int = 3, seconds: float = 0.2) -> list[dict[str, Any]]:
+    """A source: n items, each starting a path; records start and end."""
+    _timed(ctx, seconds)
+    note(ctx, phase="end")
+    return [{"item": k, "path": [ctx.node]} for k in range(n)]
+
+
+@plugin("t_chaos_step")
+def t_chaos_step(
+    ctx: TaskContext, seconds: float = 0.2, fail_first: bool = False
+) -> dict[str, Any]:
+    """One step on one item: extend its path; fails its first attempt when asked (retries)."""
+    _timed(ctx, seconds)
+    if fail_first and ctx.attempt == 1:
+        note(ctx, phase="fail")
+        raise RuntimeError("first attempt fails on purpose")
+    note(ctx, phase="end")
+    src = ctx.artifact or {}
+    return {"item": src.get("item", 0), "path": [*src.get("path", []), ctx.node]}
+
+
+@plugin("t_chaos_gather")
+def t_chaos_gather(ctx: TaskContext, seconds: float = 0.2) -> dict[str, Any]:
+    """Aggregate or grouped: what arrived, per dependency."""
+    _timed(ctx, seconds)
+    note(ctx, phase="end")
+    return {
+        "count": len(ctx.artifacts),
+        "items": sorted(a.get("item", -1) for a in ctx.artifacts),
+        "per_dep": {dep: len(arts) for dep, arts in ctx.inputs.items()},
+        "origin": ctx.origin,
+    }
+
+
 @on_run("completed", "failed", "cancelled", "rolled_back", "rollback_failed")
 def t_record_hook(status: Any) -> None:
     prefix = os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker")
