@@ -4,7 +4,7 @@ Exit codes (documented in the README):
   0  the run completed / the command succeeded
   1  the run ended failed, cancelled, rolled back or rollback_failed
   2  invalid input: a pipeline that fails validation, a bad --input, a bad file
-  3  no such run
+  3  not found: no such run, no such registered pipeline or version, no subscriber to an event
   4  timed out waiting (the run goes on)
   5  Redis (or the broker) cannot be reached
 """
@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ from dagworker.errors import (
     DagworkerError,
     IllegalTransition,
     PipelineError,
+    PipelineNotRegistered,
     PluginError,
     RunNotFound,
     RunRefused,
@@ -58,7 +60,7 @@ def _errors() -> Iterator[None]:
     """Map errors to exit codes with a one-paragraph message, never a traceback."""
     try:
         yield
-    except RunNotFound as exc:
+    except (RunNotFound, PipelineNotRegistered) as exc:
         _exit(EXIT_NOT_FOUND, str(exc))
     except RunTimeout as exc:
         _exit(EXIT_TIMEOUT, str(exc))
@@ -120,7 +122,13 @@ def validate(pipeline_file: str) -> None:
 
 
 @main.command()
-@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--pipeline",
+    "registered",
+    metavar="NAME[@VERSION]",
+    help="Run a registered pipeline (the latest version unless @VERSION) instead of a file.",
+)
 @click.option(
     "--input",
     "inputs",
@@ -139,7 +147,8 @@ def validate(pipeline_file: str) -> None:
 @click.option("--no-cache", is_flag=True, help="Run plugins even where a node's cache has a hit.")
 @redis_option
 def run(
-    pipeline_file: str,
+    pipeline_file: str | None,
+    registered: str | None,
     inputs: tuple[str, ...],
     input_file: str | None,
     wait: bool,
@@ -148,11 +157,15 @@ def run(
     no_cache: bool,
     redis_url: str | None,
 ) -> None:
-    """Validate and start a run of PIPELINE_FILE."""
+    """Validate and start a run of PIPELINE_FILE (or of a registered --pipeline)."""
+    if (pipeline_file is None) == (registered is None):
+        raise click.UsageError("give a PIPELINE_FILE or --pipeline NAME[@VERSION] (one of them)")
     with _errors():
         client = _client(redis_url)
         values = parse_inputs(inputs, input_file)
-        handle = client.submit(pipeline_file, values, no_cache=no_cache)
+        source = client.pipeline(registered) if registered else pipeline_file
+        assert source is not None
+        handle = client.submit(source, values, no_cache=no_cache)
         if not wait:
             if as_json:
                 console.print_json(json.dumps({"run_id": handle.id}))
@@ -444,3 +457,158 @@ def demo(keep_worker: bool) -> None:
 
     with _errors():
         sys.exit(run_demo(console, keep_worker=keep_worker))
+
+
+# -- registered pipelines, triggers, schedules -------------------------------------------------
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@main.group()
+def pipelines() -> None:
+    """Registered pipelines: stored versions that `run --pipeline`, events and schedules use."""
+
+
+@pipelines.command("register")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def pipelines_register(pipeline_file: str, as_json: bool, redis_url: str | None) -> None:
+    """Validate PIPELINE_FILE against the loaded plugins and store it as a version.
+
+    The same content again is a no-op; different content under an existing explicit
+    version is refused (exit 2)."""
+    with _errors():
+        client = _client(redis_url)
+        registration, created = client.catalog.register(client.validate(pipeline_file))
+        name, version = registration
+        if as_json:
+            click.echo(json.dumps({"name": name, "version": version, "created": created}))
+            return
+        what = "registered" if created else "unchanged"
+        console.print(f"{name}@{version} {what}", highlight=False)
+
+
+@pipelines.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def pipelines_list(as_json: bool, redis_url: str | None) -> None:
+    """Registered pipelines: name, versions (registration order), latest."""
+    with _errors():
+        entries = _client(redis_url).pipelines()
+        if as_json:
+            rows = [
+                {
+                    "name": e.name,
+                    "latest": e.latest,
+                    "versions": [v.version for v in e.versions],
+                    "events": e.events,
+                    "scheduled": e.scheduled,
+                }
+                for e in entries
+            ]
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for e in entries:
+            extra = f"  events {','.join(e.events)}" if e.events else ""
+            extra += "  scheduled" if e.scheduled else ""
+            console.print(
+                f"{e.name:<24} latest {e.latest:<8} versions "
+                f"{','.join(v.version for v in e.versions)}{extra}",
+                highlight=False,
+            )
+
+
+@pipelines.command("show")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="A version (default: the latest).")
+@redis_option
+def pipelines_show(name: str, version: str | None, redis_url: str | None) -> None:
+    """Print a registered pipeline (NAME or NAME@VERSION) as JSON."""
+    with _errors():
+        pipeline = _client(redis_url).pipeline(name, version)
+        click.echo(json.dumps(pipeline.model_dump(mode="json", exclude_defaults=True), indent=2))
+
+
+@main.command()
+@click.argument("event")
+@click.option(
+    "--payload",
+    "payload_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The run input of every started run: a JSON (or YAML) object.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def fire(event: str, payload_file: str | None, as_json: bool, redis_url: str | None) -> None:
+    """Start every registered pipeline subscribed to EVENT (its latest version).
+
+    Exit 0 when every subscriber started, 2 when some refused the payload (the others still
+    started), 3 when no pipeline subscribes to EVENT."""
+    with _errors():
+        payload = parse_inputs((), payload_file)
+        fired = _client(redis_url).fire(event, payload)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "event": event,
+                        "started": {name: h.id for name, h in fired.started.items()},
+                        "refused": fired.refused,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            for name, handle in fired.started.items():
+                console.print(f"{name}: {handle.id}", highlight=False)
+            for name, why in fired.refused.items():
+                err_console.print(f"{name}: refused: {why}", highlight=False, markup=False)
+        if not fired.started and not fired.refused:
+            _exit(EXIT_NOT_FOUND, f"no registered pipeline subscribes to event {event!r}")
+        sys.exit(EXIT_INVALID if fired.refused else EXIT_OK)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def schedules(as_json: bool, redis_url: str | None) -> None:
+    """Scheduled pipelines with their next fire time (fired by `celery -A dagworker beat`)."""
+    from dagworker.schedules import Scheduler
+
+    with _errors():
+        client = _client(redis_url)
+        items = Scheduler(client.store).schedules()
+        if as_json:
+            rows = [
+                {
+                    "name": s.name,
+                    "version": s.version,
+                    "schedule": s.schedule.model_dump(mode="json"),
+                    "next_at": s.next_at,
+                    "last_run": s.last_run,
+                    "last_fired_at": s.last_fired_at,
+                    "fires": s.fires,
+                    "skipped": s.skipped,
+                    "queued": s.queued,
+                    "last_error": s.last_error,
+                }
+                for s in items
+            ]
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for s in items:
+            spec = s.schedule
+            when = f"cron {spec.cron}" if spec.cron else f"every {spec.every_s:g}s"
+            console.print(
+                f"{s.name}@{s.version:<6} {when:<22} overlap {spec.overlap.value:<5} "
+                f"next {_when(s.next_at)}  last {s.last_run or '-'}  "
+                f"fires {s.fires} skipped {s.skipped}" + ("  queued" if s.queued else ""),
+                highlight=False,
+            )
+            if s.last_error:
+                err_console.print(f"  last error: {s.last_error}", highlight=False, markup=False)

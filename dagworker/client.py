@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dagworker.errors import RunTimeout
+from dagworker.catalog import Catalog, Entry, Registration, split_ref
+from dagworker.errors import PipelineLoadError, RunTimeout
 from dagworker.orchestrator import Orchestrator
 from dagworker.pipeline import Pipeline, read_pipeline_file
 from dagworker.plugin import Registry
@@ -30,6 +31,22 @@ def load_pipeline(source: PipelineSource, registry: Registry | None = None) -> P
     else:
         raw = source
     return validate(raw, registry or default_registry)
+
+
+def launch(
+    orch: Orchestrator,
+    registry: Registry,
+    pipeline: PipelineSource,
+    input: Mapping[str, Any] | None = None,
+    *,
+    no_cache: bool = False,
+) -> str:
+    """Validate a pipeline and its run input, then start a run; its id. Nothing is sent when
+    either is invalid."""
+    validated = load_pipeline(pipeline, registry)
+    run_input = check_input(validated, dict(input or {}))
+    json.dumps(run_input)  # the run input must be JSON (raises TypeError naming the value)
+    return orch.start_run(validated, run_input, no_cache=no_cache)
 
 
 class RunHandle:
@@ -116,6 +133,20 @@ class RunHandle:
         return [a.fields for a in self.client.store.iter_artifacts(self.id, node)]
 
 
+class Fired(list[RunHandle]):
+    """The runs an event started (a list of RunHandle) and, in ``refused``, the subscribed
+    pipelines that did not start: pipeline name -> why (usually its input schema).
+    ``started`` maps pipeline name -> its RunHandle."""
+
+    def __init__(
+        self, event: str, started: Mapping[str, RunHandle], refused: Mapping[str, str]
+    ) -> None:
+        super().__init__(started.values())
+        self.event = event
+        self.started = dict(started)
+        self.refused = dict(refused)
+
+
 class Client:
     """Submit and inspect runs. Settings default to the environment (DESIGN §8)."""
 
@@ -164,14 +195,64 @@ class Client:
     ) -> RunHandle:
         """Validate, then start a run. Nothing is sent when the pipeline or input is invalid.
 
-        ``no_cache``: nodes with ``cache:`` run their plugins anyway (and refresh the cache).
+        A ``str`` is always a file path; a registered pipeline is run with
+        ``submit(client.pipeline("name"), input)`` (validated again here: plugins may have
+        changed since it was registered). ``no_cache``: nodes with ``cache:`` run their plugins
+        anyway (and refresh the cache).
         """
         orch = self.orchestrator
-        validated = load_pipeline(pipeline, self.registry)
-        run_input = check_input(validated, dict(input or {}))
-        json.dumps(run_input)  # the run input must be JSON (raises TypeError naming the value)
-        run_id = orch.start_run(validated, run_input, no_cache=no_cache)
-        return RunHandle(self, run_id)
+        try:
+            return RunHandle(self, launch(orch, self.registry, pipeline, input, no_cache=no_cache))
+        except PipelineLoadError as exc:
+            if isinstance(pipeline, str) and not Path(pipeline).exists():
+                name = split_ref(pipeline)[0]
+                if self.store.r.exists(self.store.keys.catalog_meta(name)):
+                    raise PipelineLoadError(
+                        f"{exc}; {name!r} is a registered pipeline: run it with "
+                        f"submit(client.pipeline({pipeline!r}), ...)"
+                    ) from exc
+            raise
+
+    # -- registered pipelines, triggers, schedules -------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.store.r, self.store.keys)
+
+    def register(self, pipeline: PipelineSource) -> Registration:
+        """Validate against this process's plugins and store a version: ``(name, version)``.
+
+        The same content again is a no-op (its existing version is returned); different content
+        under an existing explicit ``version`` raises VersionConflict.
+        """
+        return self.catalog.register(self.validate(pipeline))[0]
+
+    def pipelines(self) -> list[Entry]:
+        """Every registered pipeline: name, versions in registration order, latest."""
+        return self.catalog.entries()
+
+    def pipeline(self, name: str, version: str | int | None = None) -> Pipeline:
+        """A registered pipeline: ``"name"`` (latest), ``"name@3"`` or ``name, version=3``."""
+        base, chosen = split_ref(name, version)
+        return self.catalog.get(base, chosen)
+
+    def fire(self, event: str, payload: Mapping[str, Any] | None = None) -> Fired:
+        """Start every registered pipeline subscribed to ``event`` with ``payload`` as input.
+
+        Returns the started runs; ``.refused`` names the subscribers that refused the payload
+        (the others still start). An event nobody subscribes to returns an empty list.
+        """
+        from dagworker.triggers import fire
+
+        orch = self.orchestrator
+        outcome = fire(
+            self.catalog,
+            event,
+            dict(payload or {}),
+            lambda p, i: launch(orch, self.registry, p, i),
+        )
+        handles = {name: RunHandle(self, run_id) for name, run_id in outcome.started.items()}
+        return Fired(event, handles, outcome.refused)
 
     def get(self, run_id: str) -> RunHandle:
         self.store.run(run_id)  # raises RunNotFound

@@ -53,6 +53,15 @@ class PipelineLoadError(PipelineError):
     """Raised when a pipeline file cannot be read or parsed (YAML/JSON syntax, size, depth)."""
 
 
+class PipelineNotRegistered(PipelineError):
+    """Raised when no registered pipeline (or version) has the given name."""
+
+
+class VersionConflict(PipelineError):
+    """Raised when a pipeline is registered under an existing explicit version with different
+    content (a version, once registered, never changes)."""
+
+
 class ExpressionError(PipelineError):
     """Raised when a binding expression is malformed or cannot be evaluated."""
 

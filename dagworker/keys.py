@@ -62,6 +62,47 @@ class Keys:
         """Hash: delivery tag -> message delivered to a worker and not yet acknowledged."""
         return f"{self.prefix}:kombu:unacked"
 
+    # -- registered pipelines, triggers, schedules --------------------------------------------
+    # All share the hash tag ``{catalog}`` so one WATCH/MULTI may touch any of them (Cluster).
+    @property
+    def catalog(self) -> str:
+        """Sorted set: registered pipeline name -> time its latest version was registered."""
+        return f"{self.prefix}:{{catalog}}:names"
+
+    def catalog_versions(self, name: str) -> str:
+        """Hash: version -> JSON (content hash, registration order and time, pipeline JSON)."""
+        return f"{self.prefix}:{{catalog}}:versions:{name}"
+
+    def catalog_meta(self, name: str) -> str:
+        """Hash: latest version, its events (JSON list), registration time."""
+        return f"{self.prefix}:{{catalog}}:meta:{name}"
+
+    def subscribers(self, event: str) -> str:
+        """Set: names of pipelines whose latest version lists ``event`` in triggers.events."""
+        return f"{self.prefix}:{{catalog}}:event:{event}"
+
+    @property
+    def schedules(self) -> str:
+        """Sorted set: scheduled pipeline name -> next fire time (authoritative; claimed by CAS)."""
+        return f"{self.prefix}:{{catalog}}:schedules"
+
+    @property
+    def schedules_queued(self) -> str:
+        """Set: scheduled pipelines holding a queued fire (overlap: queue)."""
+        return f"{self.prefix}:{{catalog}}:schedules:queued"
+
+    def schedule(self, name: str) -> str:
+        """Hash: spec (JSON), spec hash, anchor, version, last run and slot, queued, counters."""
+        return f"{self.prefix}:{{catalog}}:schedule:{name}"
+
+    def schedule_fires(self, name: str) -> str:
+        """List: the latest fire decisions of a schedule (JSON: slot, at, action, run), newest
+        first, capped."""
+        return f"{self.prefix}:{{catalog}}:schedule:{name}:fires"
+
+    def schedule_lock(self, name: str) -> str:
+        return f"{self.prefix}:{{catalog}}:schedule:{name}:lock"
+
     # -- per run -----------------------------------------------------------------------------
     def run(self, run_id: str) -> str:
         """Hash: status, error, timestamps, version (commit fence), counters."""

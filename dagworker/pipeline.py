@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from dagworker.errors import PipelineLoadError
 
 SLUG_PATTERN = r"^[a-z0-9_-]+$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, min_length=1, max_length=64)]
+#: Event names: lower case, digits and ``_ . -`` (``order.created``), a letter or digit first.
+EVENT_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+EventName = Annotated[str, StringConstraints(pattern=EVENT_PATTERN, min_length=1, max_length=128)]
 
 #: Files larger than this are refused before parsing (hostile input).
 MAX_PIPELINE_BYTES = 1_000_000
@@ -132,12 +135,54 @@ class Node(_Strict):
     cache: Cache | None = None
 
 
+class Triggers(_Strict):
+    """Events that start a run of the registered pipeline (``dagworker fire EVENT``)."""
+
+    events: list[EventName] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Triggers:
+        if len(set(self.events)) != len(self.events):
+            raise ValueError("triggers.events lists an event twice")
+        return self
+
+
+class Overlap(str, Enum):
+    """What a schedule does when its previous run is still active."""
+
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+
+
+class Schedule(_Strict):
+    """Start a run of the registered pipeline by the clock (through ``celery beat``).
+
+    Exactly one of ``cron`` (five fields, UTC) and ``every_s``. The cron text is checked by
+    ``validation`` (through ``celery.schedules.crontab``, so this module stays free of Celery).
+    """
+
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    every_s: float | None = Field(default=None, ge=1, le=366 * 86_400)
+    input: dict[str, Any] = Field(default_factory=dict)
+    overlap: Overlap = Overlap.SKIP
+    catch_up: bool = False
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> Schedule:
+        if (self.cron is None) == (self.every_s is None):
+            raise ValueError("a schedule needs exactly one of 'cron' and 'every_s'")
+        return self
+
+
 class Pipeline(_Strict):
     name: Slug
     version: int | str | None = None
     description: str | None = None
     input: dict[str, InputField] = Field(default_factory=dict)
     nodes: list[Node] = Field(min_length=1)
+    triggers: Triggers | None = None
+    schedule: Schedule | None = None
 
     def node(self, slug: str) -> Node:
         for node in self.nodes:

@@ -36,6 +36,10 @@ class Settings:
     max_artifact_bytes: int = 1_000_000
     launch_batch: int = 500
     result_ttl: float = 7 * 86_400.0  # how long finished runs are kept
+    #: How often ``celery beat`` sends ``dagworker.schedule.tick`` (seconds).
+    schedule_interval: float = 1.0
+    #: The queue of the tick task ("" means the default queue).
+    schedule_queue: str = ""
 
     @property
     def effective_broker_url(self) -> str:

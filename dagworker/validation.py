@@ -191,6 +191,25 @@ def _plugin_problems(node: Node, registry: Registry) -> list[Problem]:
     return problems
 
 
+def _schedule_problems(pipeline: Pipeline) -> list[Problem]:
+    """A schedule's cron must parse and its input must satisfy the run-input schema."""
+    schedule = pipeline.schedule
+    if schedule is None:
+        return []
+    from dagworker.clock import cron_problem  # celery.schedules, imported only when needed
+
+    problems = []
+    if schedule.cron is not None:
+        problem = cron_problem(schedule.cron)
+        if problem:
+            problems.append(Problem("schedule", f"field 'cron': {problem}"))
+    try:
+        check_input(pipeline, schedule.input)
+    except PipelineInvalid as exc:
+        problems += [Problem("schedule", f"field 'input': {p}") for p in exc.problems]
+    return problems
+
+
 def check(
     raw: Mapping[str, Any] | Pipeline, registry: Registry
 ) -> tuple[Pipeline | None, list[Problem]]:
@@ -200,6 +219,8 @@ def check(
     for node in nodes:
         problems += _plugin_problems(node, registry)
         problems += _binding_problems(node)
+    if pipeline is not None:
+        problems += _schedule_problems(pipeline)
     return (pipeline if not problems else None), problems
 
 

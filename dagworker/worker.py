@@ -24,11 +24,13 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery, signals
 
 from dagworker import logs
+from dagworker.client import launch
 from dagworker.errors import PluginLoadError
 from dagworker.metrics import recorder
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
 from dagworker.reconciler import publish_due, try_reconcile
+from dagworker.schedules import Scheduler
 from dagworker.settings import Settings
 from dagworker.store import Store
 from dagworker.tasks import CeleryPublisher, register_hooks_task, register_plugin_task
@@ -100,7 +102,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_task_log_format": logs.TASK_LOG_FORMAT,
         "worker_redirect_stdouts": False,
         "enable_utc": True,
+        # `celery -A dagworker beat` sends only this tick; which schedules are due is decided
+        # in Redis by the worker that runs it (dagworker.schedules), never by beat's own file.
+        "beat_schedule": {
+            "dagworker-schedules": {
+                "task": TICK_TASK,
+                "schedule": settings.schedule_interval,
+                "options": {
+                    "queue": settings.schedule_queue or settings.default_queue,
+                    # a tick that waited this long is stale: the next one does its work
+                    "expires": max(5.0, 5 * settings.schedule_interval),
+                },
+            }
+        },
     }
+
+
+#: The Celery task that fires due schedules (sent by `celery -A dagworker beat`).
+TICK_TASK = "dagworker.schedule.tick"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -149,8 +168,23 @@ def orchestrator() -> Orchestrator:
     return MeasuredOrchestrator(store, CeleryPublisher(app, settings.default_queue), registry)
 
 
+@cache
+def scheduler() -> Scheduler:
+    """This process's scheduler: starts runs through its orchestrator, validated against the
+    plugins this worker loaded."""
+    orch = orchestrator()
+    return Scheduler(orch.store, lambda p, i: launch(orch, registry, p, i))
+
+
+def tick() -> int:
+    """Fire the due schedules of this deployment; the number of fire decisions taken."""
+    return len(scheduler().tick())
+
+
 def register_tasks() -> None:
     register_hooks_task(app)
+    # Not acks_late: a tick lost with its worker is replaced by the next one within a second.
+    app.task(name=TICK_TASK, ignore_result=True, acks_late=False)(tick)
     for plug in registry.all():
         register_plugin_task(app, plug)
 
@@ -161,6 +195,12 @@ def _on_worker_init(**_: Any) -> None:
     modules = load_plugins(settings)
     register_tasks()
     log.info("dagworker: plugins %s from %s", registry.names(), modules)
+
+
+@signals.after_setup_logger.connect  # type: ignore[untyped-decorator]
+def _on_setup_logger(**_: Any) -> None:
+    # beat logs with the worker's formats too, whose %(dagworker)s the record factory provides
+    logs.install()
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
