@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dagworker import subpipeline
 from dagworker.catalog import Catalog, Entry, Registration, split_ref
 from dagworker.errors import PipelineLoadError, RunTimeout
 from dagworker.orchestrator import Orchestrator
@@ -23,14 +24,21 @@ from dagworker.validation import check_input, validate
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 
 
-def load_pipeline(source: PipelineSource, registry: Registry | None = None) -> Pipeline:
-    """Load and validate a pipeline from a model, a dict, or a YAML/JSON file path."""
+def load_pipeline(
+    source: PipelineSource,
+    registry: Registry | None = None,
+    resolve: Callable[[str], Pipeline] | None = None,
+) -> Pipeline:
+    """Load and validate a pipeline from a model, a dict, or a YAML/JSON file path.
+
+    ``resolve`` finds registered pipelines that nodes name as sub-pipelines.
+    """
     raw: Pipeline | Mapping[str, Any]
     if isinstance(source, str | Path):
         raw = read_pipeline_file(source)
     else:
         raw = source
-    return validate(raw, registry or default_registry)
+    return validate(raw, registry or default_registry, resolve)
 
 
 def launch(
@@ -43,7 +51,8 @@ def launch(
 ) -> str:
     """Validate a pipeline and its run input, then start a run; its id. Nothing is sent when
     either is invalid."""
-    validated = load_pipeline(pipeline, registry)
+    resolve = subpipeline.resolver(Catalog(orch.store.r, orch.store.keys))
+    validated = subpipeline.pin(load_pipeline(pipeline, registry, resolve), resolve)
     run_input = check_input(validated, dict(input or {}))
     json.dumps(run_input)  # the run input must be JSON (raises TypeError naming the value)
     return orch.start_run(validated, run_input, no_cache=no_cache)
@@ -184,7 +193,7 @@ class Client:
 
     def validate(self, pipeline: PipelineSource) -> Pipeline:
         self.orchestrator  # noqa: B018  (loads plugins so validation sees them)
-        return load_pipeline(pipeline, self.registry)
+        return load_pipeline(pipeline, self.registry, subpipeline.resolver(self.catalog))
 
     def submit(
         self,

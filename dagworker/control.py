@@ -77,13 +77,17 @@ def _ready(order: tuple[str, ...], preds: Any, states: dict[str, str]) -> list[s
 
 
 def cancel(orch: Orchestrator, run_id: str) -> bool:
-    """Stop new dispatches; queued tasks are cancelled on delivery, running ones finish."""
+    """Stop new dispatches; queued tasks are cancelled on delivery, running ones finish; the
+    run's active child runs (sub-pipelines) are cancelled too."""
+    from dagworker.subpipeline import stop_children
+
     try:
         changed, _ = _transition(
             orch, run_id, RunState.CANCELLED, idempotent_from=RunState.CANCELLED
         )
     except IllegalTransition as exc:
         raise IllegalTransition(f"run {run_id}: {exc}") from None
+    stop_children(orch, run_id)
     return changed
 
 

@@ -13,12 +13,12 @@ import secrets
 import signal
 import threading
 import traceback as tb
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagworker import cache
+from dagworker import cache, subpipeline
 from dagworker.artifact import artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
@@ -131,6 +131,8 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         plugin = orch.registry.get(node.plugin)
         ctx = _context(orch, c, node, index, attempt, begin.spec)
         kwargs = {**node.config, **begin.spec.get("b", {})}
+        if node.pipeline is not None:
+            return subpipeline.start_child(orch, c, node, index, attempt, ctx, kwargs)
         timeout = node.timeout_s or plugin.timeout_s
         key, cached = _cached(orch, c, node, plugin, ctx, kwargs)
         fields: list[dict[str, Any]] = []
@@ -158,6 +160,45 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
     if finish.settle or finish.verdict == "duplicate":
         orch.advance(run_id)
     return "completed" if finish.verdict == "recorded" else finish.verdict
+
+
+def finish_with_outputs(
+    orch: Orchestrator,
+    c: Compiled,
+    node: Node,
+    index: int,
+    attempt: int,
+    spec: Mapping[str, Any],
+    outputs: Iterable[dict[str, Any]],
+) -> str:
+    """Complete a running task with outputs produced elsewhere (a sub-pipeline's child run):
+    the same limits, origins and fenced recording as a plugin's own outputs."""
+    plugin = orch.registry.get(node.plugin)
+    ctx = TaskContext(c.run_id, c.pipeline.name, node.slug, index, attempt)
+    try:
+        encoded, staged, count = _run_plugin(orch, c, node, plugin, ctx, {}, spec, list(outputs))
+    except Exception as exc:
+        return _failed(orch, c, node, plugin, index, attempt, exc)
+    finish = orch.store.finish_task(
+        c.run_id,
+        node.slug,
+        index,
+        attempt,
+        "completed",
+        encoded_outputs=encoded,
+        staged_key=staged,
+        staged_count=count,
+    )
+    if finish.settle or finish.verdict == "duplicate":
+        orch.advance(c.run_id)
+    return "completed" if finish.verdict == "recorded" else finish.verdict
+
+
+def fail_task(
+    orch: Orchestrator, c: Compiled, node: Node, index: int, attempt: int, exc: BaseException
+) -> str:
+    """Fail a running task from outside its plugin (a sub-pipeline's child did not complete)."""
+    return _failed(orch, c, node, orch.registry.get(node.plugin), index, attempt, exc)
 
 
 def _failed(
@@ -328,6 +369,8 @@ def execute_compensation(
     c = orch.compiled(run_id)
     node = c.nodes[slug]
     plugin = orch.registry.get(node.plugin)
+    if node.pipeline is not None:
+        return subpipeline.compensate_child(orch, run_id, slug, index, attempt)
     try:
         ctx = _context(orch, c, node, index, attempt, begin.spec)
         ctx.outputs = [a.fields for a in store.task_outputs(run_id, slug, index)]

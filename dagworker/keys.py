@@ -155,6 +155,10 @@ class Keys:
         """Sorted set: ``<slug>|<first>|<last>`` batches claimed but not confirmed published."""
         return f"{self.prefix}:run:{{{run_id}}}:outbox"
 
+    def children(self, run_id: str) -> str:
+        """Set: ids of the child runs this run's sub-pipeline nodes started."""
+        return f"{self.prefix}:run:{{{run_id}}}:children"
+
     def comp_settle(self, run_id: str) -> str:
         """Set: slugs whose compensations are all finished, waiting for the orchestrator."""
         return f"{self.prefix}:run:{{{run_id}}}:comp:settle"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dagworker import rollback
+from dagworker import rollback, subpipeline
 from dagworker.artifact import Artifact
 from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
 from dagworker.errors import (
@@ -156,6 +156,7 @@ class Orchestrator:
         run_id: str | None = None,
         reuse: tuple[str, Mapping[str, str]] | None = None,
         no_cache: bool = False,
+        parent: str | None = None,
     ) -> str:
         """Persist a validated pipeline as a new run and launch its roots.
 
@@ -184,6 +185,8 @@ class Orchestrator:
         }
         if no_cache:
             record["no_cache"] = "1"
+        if parent:
+            record["parent"] = parent  # JSON [run, node, task, attempt]: a sub-pipeline's child
         if reuse:
             record["replay_of"] = reuse[0]
             record["reused"] = json.dumps(sorted(reused))
@@ -368,6 +371,8 @@ class Orchestrator:
             log.info("run %s: state moved while deciding; deciding again", run_id)
         if decision.run_state is not None:
             log.info("run %s %s", run_id, decision.run_state.value)
+            if decision.fail_fast:
+                subpipeline.stop_children(self, run_id)
         for slug in decision.claimed:
             self.launch(run_id, slug)
         return drained
@@ -478,7 +483,8 @@ class Orchestrator:
                     ops += store.end_ops(run_id, RunState.FAILED, at, message)
                 if store.commit(run_id, int(run.get("version") or 0), ops) >= 0:
                     log.info("run %s stopped: %s", run_id, message)
-                    return
+                    break
+        subpipeline.stop_children(self, run_id)
 
     def _first_error(self, run_id: str, slug: str, tasks: int) -> str:
         for index in range(min(tasks, 50)):

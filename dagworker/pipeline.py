@@ -117,9 +117,15 @@ class Cache(_Strict):
     ttl_s: float = Field(gt=0, le=366 * 86_400)
 
 
+#: The built-in plugin a node runs when it names a ``pipeline`` instead of a plugin.
+SUBPIPELINE_PLUGIN = "subpipeline"
+
+
 class Node(_Strict):
     slug: Slug
     plugin: str = Field(min_length=1)
+    #: A registered pipeline (``name`` or ``name@version``) run as a child run per task.
+    pipeline: str | None = Field(default=None, min_length=1, max_length=200)
     config: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
     fan_mode: FanMode = FanMode.SINGLE
@@ -133,6 +139,22 @@ class Node(_Strict):
     #: Tasks per input (``ctx.repeat_index`` 0..N-1), e.g. several solver seeds.
     repeat: int = Field(default=1, ge=1, le=10_000)
     cache: Cache | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subpipeline(cls, data: Any) -> Any:
+        """A node naming a ``pipeline`` runs the built-in ``subpipeline`` plugin."""
+        if isinstance(data, dict) and data.get("pipeline") and not data.get("plugin"):
+            return {**data, "plugin": SUBPIPELINE_PLUGIN}
+        return data
+
+    @model_validator(mode="after")
+    def _plugin_or_pipeline(self) -> Node:
+        if self.pipeline is not None and self.plugin != SUBPIPELINE_PLUGIN:
+            raise ValueError("a node runs a plugin or a pipeline, not both: remove one")
+        if self.pipeline is None and self.plugin == SUBPIPELINE_PLUGIN:
+            raise ValueError("plugin 'subpipeline' needs 'pipeline: NAME[@VERSION]'")
+        return self
 
 
 class Triggers(_Strict):

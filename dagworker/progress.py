@@ -78,6 +78,10 @@ def render_status(status: RunStatus) -> Group:
         parts.append(_attempts_table(status))
     if status.events:
         parts.append(_transitions(status))
+    if status.children:
+        parts.append(Text("child runs: " + ", ".join(status.children), style="dim"))
+    if status.parent:
+        parts.append(Text(f"child of: {status.parent}", style="dim"))
     return Group(*parts)
 
 

@@ -277,6 +277,9 @@ def request(orch: Orchestrator, run_id: str) -> bool:
 
     _commit(orch, run_id, decide)
     if changed:
+        from dagworker.subpipeline import stop_children
+
+        stop_children(orch, run_id)  # a live run's running children stop, then are undone
         start(orch, run_id)
     return changed
 

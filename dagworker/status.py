@@ -67,6 +67,8 @@ class RunStatus(_Tolerant):
     tasks_done: int = 0
     nodes: dict[str, NodeStatus] = {}
     replay_of: str | None = None
+    parent: str | None = None  # a sub-pipeline's child run: "<run>/<node>/<task>"
+    children: list[str] = []  # child runs started by this run's sub-pipeline nodes
     events: list[dict[str, Any]] = []  # status transitions, with times (with_history)
 
     @property
@@ -75,6 +77,11 @@ class RunStatus(_Tolerant):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+def _parent(raw: str | None) -> str | None:
+    """``[run, node, task, attempt]`` as ``run/node/task``."""
+    return "/".join(str(p) for p in json.loads(raw)[:3]) if raw else None
 
 
 def _float(value: str | None) -> float | None:
@@ -134,5 +141,9 @@ def read_status(
         tasks_done=int(run.get("tasks_done", 0)),
         nodes=nodes,
         replay_of=run.get("replay_of") or None,
+        parent="/".join(str(p) for p in json.loads(run["parent"])[:3])
+        if run.get("parent")
+        else None,
+        children=sorted(store.r.smembers(store.keys.children(run_id))) if with_nodes else [],
         events=store.events(run_id) if with_history else [],
     )

@@ -143,7 +143,12 @@ def register_hooks_task(app: Celery) -> Task:
         from dagworker.worker import orchestrator
 
         def once() -> int:
+            from dagworker.subpipeline import notify_parent
+
             store = orchestrator().store
+            # A child run reports to its parent first, before the once-only claim: the report
+            # is idempotent (fenced), so a crash right after the claim loses nothing.
+            notify_parent(orchestrator(), run, event)
             if not store.claim_hooks(run, event):
                 return 0  # already called (a duplicate delivery or schedule)
             # The run may have moved on since it ended (a rollback on request): hooks get the

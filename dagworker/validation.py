@@ -7,7 +7,7 @@ fails validation sends no task.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -211,9 +211,15 @@ def _schedule_problems(pipeline: Pipeline) -> list[Problem]:
 
 
 def check(
-    raw: Mapping[str, Any] | Pipeline, registry: Registry
+    raw: Mapping[str, Any] | Pipeline,
+    registry: Registry,
+    resolve: Callable[[str], Pipeline] | None = None,
 ) -> tuple[Pipeline | None, list[Problem]]:
-    """Every problem of a pipeline; the Pipeline when there are none."""
+    """Every problem of a pipeline; the Pipeline when there are none.
+
+    ``resolve`` looks up registered pipelines (``name`` / ``name@version``) for nodes that run
+    a sub-pipeline; without it such nodes are a problem.
+    """
     pipeline, nodes, problems = parse(raw)
     problems += _graph_problems(nodes)
     for node in nodes:
@@ -221,12 +227,20 @@ def check(
         problems += _binding_problems(node)
     if pipeline is not None:
         problems += _schedule_problems(pipeline)
+        if any(n.pipeline for n in pipeline.nodes):
+            from dagworker.subpipeline import problems as subpipeline_problems
+
+            problems += subpipeline_problems(pipeline, resolve)
     return (pipeline if not problems else None), problems
 
 
-def validate(raw: Mapping[str, Any] | Pipeline, registry: Registry) -> Pipeline:
+def validate(
+    raw: Mapping[str, Any] | Pipeline,
+    registry: Registry,
+    resolve: Callable[[str], Pipeline] | None = None,
+) -> Pipeline:
     """Return the validated Pipeline or raise PipelineInvalid listing every problem."""
-    pipeline, problems = check(raw, registry)
+    pipeline, problems = check(raw, registry, resolve)
     if problems or pipeline is None:
         name = raw.name if isinstance(raw, Pipeline) else raw.get("name")
         raise PipelineInvalid(problems, name if isinstance(name, str) else None)

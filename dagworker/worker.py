@@ -23,7 +23,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
 
-from dagworker import logs
+from dagworker import (
+    logs,
+    subpipeline,  # noqa: F401  (registers the built-in subpipeline plugin)
+)
 from dagworker.client import launch
 from dagworker.errors import PluginLoadError
 from dagworker.metrics import recorder
