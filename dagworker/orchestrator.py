@@ -26,7 +26,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,8 +58,17 @@ class Publisher(Protocol):
     """Sends task messages; the Celery implementation lives in ``dagworker.tasks``."""
 
     def publish(
-        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
-    ) -> None: ...
+        self,
+        run_id: str,
+        node: Node,
+        plugin: Plugin,
+        tasks: list[tuple[int, int]],
+        confirm: Sequence[Sequence[Any]] = (),
+    ) -> bool:
+        """Send the tasks' messages. ``confirm``: Redis commands on the run store that the
+        publisher may apply atomically with the send (when the broker is the store's Redis);
+        returns True when it did, False when the caller must apply them itself."""
+        ...
 
     def publish_hooks(self, run_id: str, event: str) -> None: ...
 
@@ -265,11 +274,20 @@ class Orchestrator:
         if self.store.launch_batch(run_id, node.slug, first, specs, now()):
             crash_point("before_publish", node.slug)
             last = first + len(specs) - 1
-            self.publisher.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
-            self.store.published(run_id, node.slug, first, last)
+            self.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
             return last + 1
         # Someone else (a reconciler resuming us, or we resuming them) persisted it.
         return self.store.launch_cursor(run_id, node.slug)
+
+    def publish(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None:
+        """Send an outbox batch (``tasks`` from its first to its last index) and confirm it:
+        in the same MULTI when the broker is the store's Redis, else right after."""
+        first, last = tasks[0][0], tasks[-1][0]
+        confirm = self.store.published_commands(run_id, node.slug, first, last)
+        if not self.publisher.publish(run_id, node, plugin, tasks, confirm):
+            self.store.published(run_id, node.slug, first, last)
 
     def _fail_launch(self, run_id: str, slug: str, error: str) -> None:
         """A node that cannot be launched (a limit, a binding failing on the data) fails.

@@ -283,8 +283,13 @@ class Store:
         """Mark a launch in progress as alive (XX: never re-add one that has finished)."""
         self.r.zadd(self.keys.launching(run_id), {slug: now()}, xx=True)
 
+    def published_commands(self, run_id: str, slug: str, first: int, last: int) -> list[list[str]]:
+        """The Redis commands that confirm an outbox batch as sent (``published``)."""
+        return [["ZREM", self.keys.outbox(run_id), f"{slug}|{first}|{last}"]]
+
     def published(self, run_id: str, slug: str, first: int, last: int) -> None:
-        self.r.zrem(self.keys.outbox(run_id), f"{slug}|{first}|{last}")
+        for command in self.published_commands(run_id, slug, first, last):
+            self.r.execute_command(*command)
 
     def finish_launch(self, run_id: str, slug: str, total: int) -> bool:
         k = self.keys

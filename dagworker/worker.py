@@ -104,9 +104,8 @@ app = create_app(settings)
 @cache
 def orchestrator() -> Orchestrator:
     """This process's orchestrator (one Redis pool, one run cache), built on first use."""
-    return Orchestrator(
-        Store.from_settings(settings), CeleryPublisher(app, settings.default_queue), registry
-    )
+    store = Store.from_settings(settings)
+    return Orchestrator(store, CeleryPublisher.for_settings(app, settings, store.r), registry)
 
 
 def register_tasks() -> None:
