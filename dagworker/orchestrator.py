@@ -205,7 +205,7 @@ class Orchestrator:
         ops += [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
         self.store.commit(run_id, 0, ops)
         for slug in ready:
-            self.launch(run_id, slug)
+            self.launch(run_id, slug, epoch="", fresh=True)
         return run_id
 
     def claim_ops(
@@ -231,9 +231,19 @@ class Orchestrator:
 
     # -- launching ----------------------------------------------------------------------------
 
-    def launch(self, run_id: str, slug: str) -> None:
-        """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor)."""
-        c = self.compiled(run_id, self.store.r.hget(self.store.keys.run(run_id), "epoch") or "")
+    def launch(
+        self, run_id: str, slug: str, *, epoch: str | None = None, fresh: bool = False
+    ) -> None:
+        """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor).
+
+        ``epoch``: the run's input epoch when the caller just read it (with the claim).
+        ``fresh``: the caller claimed the node in its own commit, so no task of it exists yet
+        and its cursor is 0 without asking; should another launcher have started it anyway,
+        ``launch_batch.lua``'s fence refuses our batch and tells us its cursor.
+        """
+        if epoch is None:
+            epoch = self.store.r.hget(self.store.keys.run(run_id), "epoch") or ""
+        c = self.compiled(run_id, epoch)
         node = c.nodes[slug]
         settings = self.store.settings
         try:
@@ -243,7 +253,7 @@ class Orchestrator:
             return
         total = 0
         batch: list[str] = []
-        first = cursor = self.store.launch_cursor(run_id, slug)
+        first = cursor = 0 if fresh else self.store.launch_cursor(run_id, slug)
         try:
             for index, spec in enumerate(self._specs(c, node)):
                 total = index + 1
@@ -265,7 +275,7 @@ class Orchestrator:
         if batch:
             self._launch_batch(run_id, node, plugin, first, batch)
         if self.store.finish_launch(run_id, slug, total):
-            self.advance(run_id)
+            self.advance(run_id, settling=True)
 
     def _launch_batch(
         self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str]
@@ -297,7 +307,7 @@ class Orchestrator:
         """
         log.error("run %s node %s: launch failed: %s", run_id, slug, error)
         if self.store.fail_launch(run_id, slug, error):
-            self.advance(run_id)
+            self.advance(run_id, settling=True)
 
     def _specs(self, c: Compiled, node: Node) -> Iterator[str]:
         """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
@@ -349,37 +359,52 @@ class Orchestrator:
 
     # -- settling -----------------------------------------------------------------------------
 
-    def advance(self, run_id: str) -> None:
-        """Settle what waits in the settle sets; claim and launch what became ready."""
-        store, k = self.store, self.store.keys
-        forward, backward = store.r.scard(k.settle(run_id)), store.r.scard(k.comp_settle(run_id))
-        if forward and self._advance_forward(run_id):
+    def advance(self, run_id: str, *, settling: bool = False) -> None:
+        """Settle what waits in the settle sets; claim and launch what became ready.
+
+        ``settling``: the caller knows the settle set is not empty (``finish_task`` or
+        ``finish_launch`` just put a node in it), so it is not counted first.
+        """
+        backward = 0
+        if not settling:
+            forward, backward = self.store.settle_sizes(run_id)
+            if not forward and not backward:
+                return
+            if not forward:
+                rollback.advance(self, run_id)
+                return
+        drained, comp_pending = self._advance_forward(run_id)
+        if drained:
             rollback.start(self, run_id)
-        if backward:
+        if backward or comp_pending:
             rollback.advance(self, run_id)
 
-    def _advance_forward(self, run_id: str) -> bool:
-        """Settle nodes whose tasks are done; True when a run rolling back has now drained."""
+    def _advance_forward(self, run_id: str) -> tuple[bool, int]:
+        """Settle nodes whose tasks are done. Returns (a run rolling back has now drained,
+        size of the compensation settle set as read under the lock)."""
         store = self.store
         c = self.compiled(run_id)
         while True:
-            with store.lock(run_id):
-                pending = store.settle_pending(run_id)
+            # One round trip: the lock, the run (its version) and both settle sets.
+            lock, run, pending, comp_pending = store.lock_for_settle(run_id)
+            try:
                 if not pending:
-                    return False
-                run = store.run(run_id)
+                    return False, comp_pending
                 version = int(run.get("version") or 0)
                 ops, decision, drained = self._decide(c, run, pending)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
-                if store.commit(run_id, version, ops) >= 0:
+                if store.commit(run_id, version, ops, lock) >= 0:
                     break
+            finally:
+                lock.release()  # nothing to do when the commit released it
             log.info("run %s: state moved while deciding; deciding again", run_id)
         if decision.run_state is not None:
             log.info("run %s %s", run_id, decision.run_state.value)
+        epoch = run.get("epoch") or ""
         for slug in decision.claimed:
-            self.launch(run_id, slug)
-        return drained
+            self.launch(run_id, slug, epoch=epoch, fresh=True)
+        return drained, comp_pending
 
     def _decide(
         self, c: Compiled, run: Mapping[str, str], pending: set[str]
@@ -392,10 +417,11 @@ class Orchestrator:
             for succ in c.graph.successors[slug]:
                 near.add(succ)
                 near.update(c.graph.predecessors[succ])
-        raw = store.node_fields(c.run_id, [*near, *(f"{s}:wait" for s in near)])
+        raw, counters = store.decide_reads(
+            c.run_id, [*near, *(f"{s}:wait" for s in near)], sorted(pending)
+        )
         states = LazyMap(raw, NodeState)
         waits = LazyMap(raw, int, suffix=":wait")
-        counters = store.node_counters(c.run_id, sorted(pending))
         outcomes = {
             s: NodeOutcome(
                 int(v.get("tasks", 0)),
@@ -467,8 +493,8 @@ class Orchestrator:
         c = self.compiled(run_id)
         message = f"node {slug!r} failed: {error}"
         while True:
-            with store.lock(run_id):
-                run = store.run(run_id)
+            lock, run = store.lock_run(run_id)
+            try:
                 if run["status"] not in ACTIVE:
                     return
                 at = now()
@@ -485,9 +511,11 @@ class Orchestrator:
                     ]
                 else:
                     ops += store.end_ops(run_id, RunState.FAILED, at, message)
-                if store.commit(run_id, int(run.get("version") or 0), ops) >= 0:
+                if store.commit(run_id, int(run.get("version") or 0), ops, lock) >= 0:
                     log.info("run %s stopped: %s", run_id, message)
                     return
+            finally:
+                lock.release()
 
     def _first_error(self, run_id: str, slug: str, tasks: int) -> str:
         for index in range(min(tasks, 50)):

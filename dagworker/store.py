@@ -228,6 +228,62 @@ class Store:
     def lock(self, run_id: str) -> RunLock:
         return RunLock(self.r, self.keys.lock(run_id), self.settings.lock_timeout)
 
+    def lock_run(self, run_id: str) -> tuple[RunLock, dict[str, str]]:
+        """Take the run lock and read the run hash in the same round trip.
+
+        The caller must release the lock (``commit(..., lock)`` does on success).
+        """
+        lock = self.lock(run_id)
+        (run,) = lock.acquire(lambda pipe: pipe.hgetall(self.keys.run(run_id)))
+        if not run:
+            lock.release()
+            raise RunNotFound(run_id)
+        return lock, run
+
+    def lock_for_settle(self, run_id: str) -> tuple[RunLock, dict[str, str], set[str], int]:
+        """Take the run lock; read the run, the settle set and the compensation settle set's
+        size in the same round trip. The run (with its version) is read before the settle set:
+        a stale orchestrator's commit landing after it moves the version, so a settle set read
+        after its commit can never be committed against (commit.lua refuses)."""
+        lock = self.lock(run_id)
+        k = self.keys
+
+        def reads(pipe: Any) -> None:
+            pipe.hgetall(k.run(run_id))
+            pipe.smembers(k.settle(run_id))
+            pipe.scard(k.comp_settle(run_id))
+
+        run, pending, comp = lock.acquire(reads)
+        if not run:
+            lock.release()
+            raise RunNotFound(run_id)
+        return lock, run, set(pending), int(comp)
+
+    def settle_sizes(self, run_id: str) -> tuple[int, int]:
+        """Sizes of the settle and compensation settle sets, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.scard(self.keys.settle(run_id))
+        pipe.scard(self.keys.comp_settle(run_id))
+        forward, backward = pipe.execute()
+        return int(forward), int(backward)
+
+    def decide_reads(
+        self, run_id: str, prefetch: Sequence[str], slugs: Sequence[str]
+    ) -> tuple[_HashFields, dict[str, dict[str, str]]]:
+        """Node-state fields (``node_fields``) and node counters (``node_counters``) in one
+        pipelined round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        wanted = list(dict.fromkeys(prefetch))
+        if wanted:
+            pipe.hmget(self.keys.nodes(run_id), wanted)
+        for slug in slugs:
+            pipe.hgetall(self.keys.node(run_id, slug))
+        replies = pipe.execute()
+        values = replies.pop(0) if wanted else []
+        fields = _HashFields(self.r, self.keys.nodes(run_id), [])
+        fields.cache.update(zip(wanted, values, strict=True))
+        return fields, dict(zip(slugs, replies, strict=True))
+
     @staticmethod
     def event_json(at: float, status: RunState, error: str | None = None) -> str:
         return json.dumps({"at": at, "status": status.value, "error": error})
@@ -246,9 +302,18 @@ class Store:
             (k.events(run_id), "rpush", self.event_json(at, state, error)),
         ]
 
-    def commit(self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]]) -> int:
-        """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale."""
-        keys = [self.keys.run(run_id)]
+    def commit(
+        self,
+        run_id: str,
+        version: int,
+        ops: Sequence[tuple[Any, ...]],
+        lock: RunLock | None = None,
+    ) -> int:
+        """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale.
+
+        With ``lock``, a successful commit releases it in the same script.
+        """
+        keys = [self.keys.run(run_id), self.keys.lock(run_id)]
         positions: dict[str, int] = {keys[0]: 1}
         encoded = []
         for key, verb, *args in ops:
@@ -256,8 +321,11 @@ class Store:
                 keys.append(key)
                 positions[key] = len(keys)
             encoded.append([positions[key], verb, *args])
-        result = self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded)])
-        return int(result)
+        token = lock.token if lock is not None else ""
+        result = int(self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded), token]))
+        if lock is not None and result >= 0:
+            lock.released_by_commit()
+        return result
 
     # -- launching ------------------------------------------------------------------------------
 
