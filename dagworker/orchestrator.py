@@ -261,33 +261,42 @@ class Orchestrator:
                     raise LimitExceeded(
                         "DAGWORKER_MAX_TASKS_PER_NODE", total, settings.max_tasks_per_node
                     )
+                if len(batch) >= settings.launch_batch:
+                    # A full batch is sent once the next task exists: the last batch of a
+                    # launch also closes it (launch_batch.lua), one script less per launch.
+                    cursor = self._launch_batch(run_id, node, plugin, first, batch, False)[0]
+                    batch = []
                 if index < cursor:
                     continue
                 if not batch:
                     first = index
                 batch.append(spec)
-                if len(batch) >= settings.launch_batch:
-                    cursor = self._launch_batch(run_id, node, plugin, first, batch)
-                    batch = []
         except DagworkerError as exc:
+            if len(batch) >= settings.launch_batch:  # full batches were always sent
+                self._launch_batch(run_id, node, plugin, first, batch, False)
             self._fail_launch(run_id, slug, str(exc))
             return
+        closed = ready = False
         if batch:
-            self._launch_batch(run_id, node, plugin, first, batch)
-        if self.store.finish_launch(run_id, slug, total):
+            _, ready, closed = self._launch_batch(run_id, node, plugin, first, batch, True)
+        if not closed:
+            ready = self.store.finish_launch(run_id, slug, total)
+        if ready:
             self.advance(run_id, settling=True)
 
     def _launch_batch(
-        self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str]
-    ) -> int:
-        """Persist one batch then publish it; returns the cursor after it."""
-        if self.store.launch_batch(run_id, node.slug, first, specs, now()):
+        self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str], final: bool
+    ) -> tuple[int, bool, bool]:
+        """Persist one batch then publish it. Returns (the cursor after it, the node is ready
+        to settle, this batch closed the launch)."""
+        applied, cursor, ready = self.store.launch_batch(
+            run_id, node.slug, first, specs, now(), final
+        )
+        if applied:
             crash_point("before_publish", node.slug)
-            last = first + len(specs) - 1
-            self.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
-            return last + 1
-        # Someone else (a reconciler resuming us, or we resuming them) persisted it.
-        return self.store.launch_cursor(run_id, node.slug)
+            self.publish(run_id, node, plugin, [(i, 1) for i in range(first, cursor)])
+        # else someone else (a reconciler resuming us, or we resuming them) persisted it
+        return cursor, ready, applied and final
 
     def publish(
         self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]

@@ -330,22 +330,27 @@ class Store:
     # -- launching ------------------------------------------------------------------------------
 
     def launch_batch(
-        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float
-    ) -> bool:
+        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float, final: bool
+    ) -> tuple[bool, int, bool]:
+        """Persist a batch (``launch_batch.lua``); ``final`` also closes the launch.
+
+        Returns (applied, the node's cursor after it, the node is ready to settle).
+        """
         k = self.keys
         member = f"{slug}|{first}|{first + len(specs) - 1}"
         task_keys = [k.task(run_id, slug, first + i) for i in range(len(specs))]
-        applied = self._scripts["launch_batch"](
+        applied, cursor, ready = self._scripts["launch_batch"](
             keys=[
                 k.node(run_id, slug),
                 k.outbox(run_id),
                 k.run(run_id),
                 k.launching(run_id),
+                k.settle(run_id),
                 *task_keys,
             ],
-            args=[first, at, member, slug, *specs],
+            args=[first, at, member, slug, "1" if final else "0", *specs],
         )
-        return bool(applied)
+        return bool(applied), int(cursor), bool(ready)
 
     def touch_launch(self, run_id: str, slug: str) -> None:
         """Mark a launch in progress as alive (XX: never re-add one that has finished)."""
@@ -362,9 +367,8 @@ class Store:
     def finish_launch(self, run_id: str, slug: str, total: int) -> bool:
         k = self.keys
         ready = self._scripts["finish_launch"](
-            keys=[k.node(run_id, slug), k.settle(run_id)], args=[slug, total]
+            keys=[k.node(run_id, slug), k.settle(run_id), k.launching(run_id)], args=[slug, total]
         )
-        self.r.zrem(k.launching(run_id), slug)
         return bool(ready)
 
     def fail_launch(self, run_id: str, slug: str, error: str) -> bool:
@@ -657,9 +661,9 @@ class Store:
     def finish_comp_launch(self, run_id: str, slug: str) -> bool:
         k = self.keys
         ready = self._scripts["finish_comp_launch"](
-            keys=[k.node(run_id, slug), k.comp_settle(run_id)], args=[slug]
+            keys=[k.node(run_id, slug), k.comp_settle(run_id), k.comp_launching(run_id)],
+            args=[slug],
         )
-        self.r.zrem(k.comp_launching(run_id), slug)
         return bool(ready)
 
     def begin_compensation(
