@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagworker.artifact import artifact_id
+from dagworker.artifact import Artifact, artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
 from dagworker.faults import crash_point
@@ -128,7 +128,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         if "err" in begin.spec:
             raise ExpressionEvalError(begin.spec["err"])
         plugin = orch.registry.get(node.plugin)
-        ctx = _context(orch, c, node, index, attempt, begin.spec)
+        ctx = _context(orch, c, node, index, attempt, begin.spec, begin.inputs)
         kwargs = {**node.config, **begin.spec.get("b", {})}
         timeout = node.timeout_s or plugin.timeout_s
         with time_limit(timeout, slug):
@@ -197,10 +197,17 @@ def _context(
     index: int,
     attempt: int,
     spec: Mapping[str, Any],
+    prefetched: Mapping[str, Artifact] | None = None,
 ) -> TaskContext:
+    """``prefetched``: the inputs by id, when ``begin_task`` already read them."""
     wanted = spec.get("in", {})
     ids = [aid for dep in node.depends_on for aid in wanted.get(dep, [])]
-    fetched = {a.id: a for a in orch.store.fetch_artifacts(c.run_id, ids)} if ids else {}
+    if prefetched is not None:
+        fetched = dict(prefetched)
+    elif ids:
+        fetched = {a.id: a for a in orch.store.fetch_artifacts(c.run_id, ids)}
+    else:
+        fetched = {}
     inputs = {dep: [fetched[aid].fields for aid in wanted.get(dep, [])] for dep in node.depends_on}
     artifacts = [fetched[aid].fields for aid in ids]
     single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1

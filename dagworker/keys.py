@@ -68,7 +68,11 @@ class Keys:
 
     def outputs(self, run_id: str, slug: str, index: int) -> str:
         """List: the committed artifacts of one task, in emission order."""
-        return f"{self.prefix}:run:{{{run_id}}}:out:{slug}:{index}"
+        return f"{self.outputs_prefix(run_id)}{slug}:{index}"
+
+    def outputs_prefix(self, run_id: str) -> str:
+        """What every outputs list key of a run starts with (``begin_task.lua`` builds them)."""
+        return f"{self.prefix}:run:{{{run_id}}}:out:"
 
     def staging(self, run_id: str, slug: str, index: int, token: str) -> str:
         """List: artifacts of one delivery being written; renamed to outputs by the winner."""

@@ -28,6 +28,9 @@ INLINE_OUTPUTS = 200
 STAGE_CHUNK = 1_000
 STAGING_TTL_S = 86_400
 READ_CHUNK = 5_000
+#: begin_task.lua returns the inputs of a task whose spec is at most this long (a task reading
+#: a handful of artifacts; an aggregate over thousands reads them in pipelined chunks instead).
+BEGIN_INPUTS_SPEC_BYTES = 2_048
 
 
 def now() -> float:
@@ -93,6 +96,8 @@ class TaskBegin:
     spec: dict[str, Any]
     state: str
     epoch: str | None = None  # the run's input epoch, when the task may run
+    #: The task's input artifacts by id, when begin_task.lua read them (None: read them).
+    inputs: dict[str, Artifact] | None = None
 
 
 @dataclass(frozen=True)
@@ -402,10 +407,22 @@ class Store:
         self, run_id: str, slug: str, index: int, attempt: int, worker: str
     ) -> TaskBegin:
         k = self.keys
-        verdict, spec, state, *epoch = self._scripts["begin_task"](
-            keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
+        verdict, spec, state, *rest = self._scripts["begin_task"](
+            keys=[k.run(run_id), k.task(run_id, slug, index)],
+            args=[attempt, now(), worker, k.outputs_prefix(run_id), BEGIN_INPUTS_SPEC_BYTES],
         )
-        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, *epoch[:1])
+        if verdict != "run":
+            return TaskBegin(verdict, {}, state)
+        epoch, fetched, *pairs = rest
+        inputs: dict[str, Artifact] | None = None
+        if int(fetched):
+            inputs = {}
+            for aid, raw in zip(pairs[::2], pairs[1::2], strict=True):
+                node, task_s, k_s = aid.rsplit(":", 2)
+                if raw is None:
+                    raise StoreError(f"artifact {aid} of run {run_id!r} is missing")
+                inputs[aid] = decode_artifact(node, int(task_s), int(k_s), raw)
+        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, epoch, inputs)
 
     def stage_outputs(self, key: str, encoded: Sequence[str]) -> None:
         """Append outputs of a delivery in progress; they expire if the worker dies."""
