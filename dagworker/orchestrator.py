@@ -28,10 +28,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from dagworker import rollback
-from dagworker.artifact import Artifact
 from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
 from dagworker.errors import (
     DagworkerError,
@@ -40,6 +40,7 @@ from dagworker.errors import (
 )
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
+from dagworker.inputs import Inputs
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans
@@ -232,7 +233,13 @@ class Orchestrator:
     # -- launching ----------------------------------------------------------------------------
 
     def launch(
-        self, run_id: str, slug: str, *, epoch: str | None = None, fresh: bool = False
+        self,
+        run_id: str,
+        slug: str,
+        *,
+        epoch: str | None = None,
+        fresh: bool = False,
+        inputs: Inputs | None = None,
     ) -> None:
         """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor).
 
@@ -240,6 +247,7 @@ class Orchestrator:
         ``fresh``: the caller claimed the node in its own commit, so no task of it exists yet
         and its cursor is 0 without asking; should another launcher have started it anyway,
         ``launch_batch.lua``'s fence refuses our batch and tells us its cursor.
+        ``inputs``: a reader shared with the other nodes claimed together (``Inputs``).
         """
         if epoch is None:
             epoch = self.store.r.hget(self.store.keys.run(run_id), "epoch") or ""
@@ -255,7 +263,7 @@ class Orchestrator:
         batch: list[str] = []
         first = cursor = 0 if fresh else self.store.launch_cursor(run_id, slug)
         try:
-            for index, spec in enumerate(self._specs(c, node)):
+            for index, spec in enumerate(self._specs(c, node, inputs)):
                 total = index + 1
                 if total > settings.max_tasks_per_node:
                     raise LimitExceeded(
@@ -318,13 +326,16 @@ class Orchestrator:
         if self.store.fail_launch(run_id, slug, error):
             self.advance(run_id, settling=True)
 
-    def _specs(self, c: Compiled, node: Node) -> Iterator[str]:
+    def _specs(self, c: Compiled, node: Node, inputs: Inputs | None = None) -> Iterator[str]:
         """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
         if not node.depends_on:
             plans: Iterable[TaskPlan] = [TaskPlan(index=0, origin=None, inputs={})]
         else:
-            inputs = {dep: self._inputs_of(c, dep, node.slug) for dep in node.depends_on}
-            plans = iter_plans(node, inputs)
+            reader = inputs or Inputs(self.store, c.run_id, c.nodes)
+            # Reading 100,000 inputs takes a while: tell the reconciler this launch is alive
+            # (it resumes launches that stopped moving for the publish grace period).
+            beat = partial(self.store.touch_launch, c.run_id, node.slug)
+            plans = iter_plans(node, reader.of(node, beat, HEARTBEAT_EVERY))
         for plan in plans:
             yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
 
@@ -345,26 +356,6 @@ class Orchestrator:
                 # Decided once like any input: the task exists and fails with this error.
                 spec["err"] = str(exc)
         return spec
-
-    def _inputs_of(self, c: Compiled, dep: str, launching: str) -> list[Artifact]:
-        """A dependency's artifacts; a filtered passthrough node is looked through (§4.5)."""
-        dep_node = c.nodes[dep]
-        state = self.store.r.hget(self.store.keys.nodes(c.run_id), dep)
-        if dep_node.passthrough and state == NodeState.FILTERED.value:
-            out: list[Artifact] = []
-            for upstream in dep_node.depends_on:
-                out.extend(self._inputs_of(c, upstream, launching))
-            return out
-        if state != NodeState.COMPLETED.value:
-            return []
-        artifacts = []
-        for i, artifact in enumerate(self.store.iter_artifacts(c.run_id, dep), 1):
-            artifacts.append(artifact)
-            if i % HEARTBEAT_EVERY == 0:
-                # Reading 100,000 inputs takes a while: tell the reconciler this launch is alive
-                # (it resumes launches that stopped moving for the publish grace period).
-                self.store.touch_launch(c.run_id, launching)
-        return artifacts
 
     # -- settling -----------------------------------------------------------------------------
 
@@ -400,7 +391,7 @@ class Orchestrator:
                 if not pending:
                     return False, comp_pending
                 version = int(run.get("version") or 0)
-                ops, decision, drained = self._decide(c, run, pending)
+                ops, decision, drained, known = self._decide(c, run, pending)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
                 if store.commit(run_id, version, ops, lock) >= 0:
@@ -411,13 +402,19 @@ class Orchestrator:
         if decision.run_state is not None:
             log.info("run %s %s", run_id, decision.run_state.value)
         epoch = run.get("epoch") or ""
-        for slug in decision.claimed:
-            self.launch(run_id, slug, epoch=epoch, fresh=True)
+        # The claimed nodes' dependencies were read and decided just now: their states are
+        # known, and nodes claimed together (a layer) share the artifacts they read.
+        inputs = Inputs(store, run_id, c.nodes, known)
+        for i, slug in enumerate(decision.claimed):
+            inputs.keep(d for s in decision.claimed[i:] for d in c.nodes[s].depends_on)
+            self.launch(run_id, slug, epoch=epoch, fresh=True, inputs=inputs)
         return drained, comp_pending
 
     def _decide(
         self, c: Compiled, run: Mapping[str, str], pending: set[str]
-    ) -> tuple[list[tuple[Any, ...]], Decision, bool]:
+    ) -> tuple[list[tuple[Any, ...]], Decision, bool, dict[str, str]]:
+        """The commit ops, the decision, whether a rolling-back run drained, and the node
+        states as they will be after the commit (those read or decided)."""
         store, k = self.store, self.store.keys
         # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
         # skip cascades): the cost follows the work caused, not the size of the graph.
@@ -492,7 +489,9 @@ class Orchestrator:
         elif decision.run_state is not None:
             ops += store.end_ops(c.run_id, decision.run_state, at, decision.error)
         drained = status is RunState.ROLLING_BACK and running <= 0
-        return ops, decision, drained
+        known = {s: v for s, v in raw.cache.items() if v is not None and ":" not in s}
+        known.update({s: st.value for s, st in decision.states.items()})
+        return ops, decision, drained, known
 
     def fail_fast(self, run_id: str, slug: str, error: str) -> None:
         """A task of a ``fail_run`` node failed for good: stop the run now, not when the node's

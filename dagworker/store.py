@@ -577,12 +577,47 @@ class Store:
         a task with very many outputs is streamed in chunks, so memory stays bounded either way.
         """
         counts = self.r.hgetall(self.keys.counts(run_id, slug))
-        batch: list[tuple[int, int]] = []
+        return self._iter_outputs(run_id, self._output_plan(slug, counts))
+
+    def read_artifacts(
+        self,
+        run_id: str,
+        slugs: Sequence[str],
+        heartbeat: Callable[[], None] | None = None,
+        every: int = READ_CHUNK,
+    ) -> dict[str, list[Artifact]]:
+        """The artifacts of several nodes (as ``iter_artifacts``): their counts hashes in one
+        pipeline, then the outputs of all of them in pipelined chunks. ``heartbeat`` is called
+        every ``every`` artifacts."""
+        pipe = self.r.pipeline(transaction=False)
+        for slug in slugs:
+            pipe.hgetall(self.keys.counts(run_id, slug))
+        plan = [
+            item
+            for slug, counts in zip(slugs, pipe.execute(), strict=True)
+            for item in self._output_plan(slug, counts)
+        ]
+        out: dict[str, list[Artifact]] = {slug: [] for slug in slugs}
+        for i, artifact in enumerate(self._iter_outputs(run_id, plan), 1):
+            out[artifact.node].append(artifact)
+            if heartbeat is not None and i % every == 0:
+                heartbeat()
+        return out
+
+    @staticmethod
+    def _output_plan(slug: str, counts: Mapping[str, str]) -> list[tuple[str, int, int]]:
+        """``(slug, task index, outputs)`` in task order; tasks without outputs left out."""
+        tasks = sorted(int(i) for i in counts)
+        return [(slug, index, n) for index in tasks if (n := int(counts[str(index)])) > 0]
+
+    def _iter_outputs(
+        self, run_id: str, plan: Sequence[tuple[str, int, int]]
+    ) -> Iterator[Artifact]:
+        batch: list[tuple[str, int, int]] = []
         size = 0
-        for index in sorted(int(i) for i in counts):
-            n = int(counts[str(index)])
+        for slug, index, n in plan:
             if n > READ_CHUNK:
-                yield from self._read_outputs(run_id, slug, batch)
+                yield from self._read_outputs(run_id, batch)
                 batch, size = [], 0
                 key = self.keys.outputs(run_id, slug, index)
                 for start in range(0, n, READ_CHUNK):
@@ -590,23 +625,23 @@ class Store:
                     for offset, item in enumerate(raw):
                         yield decode_artifact(slug, index, start + offset, item)
                 continue
-            batch.append((index, n))
+            batch.append((slug, index, n))
             size += n
             if size >= READ_CHUNK:
-                yield from self._read_outputs(run_id, slug, batch)
+                yield from self._read_outputs(run_id, batch)
                 batch, size = [], 0
-        yield from self._read_outputs(run_id, slug, batch)
+        yield from self._read_outputs(run_id, batch)
 
     def _read_outputs(
-        self, run_id: str, slug: str, tasks: Sequence[tuple[int, int]]
+        self, run_id: str, tasks: Sequence[tuple[str, int, int]]
     ) -> Iterator[Artifact]:
         """The outputs of several tasks in one pipelined round trip."""
         if not tasks:
             return
         pipe = self.r.pipeline(transaction=False)
-        for index, n in tasks:
+        for slug, index, n in tasks:
             pipe.lrange(self.keys.outputs(run_id, slug, index), 0, n - 1)
-        for (index, _), raw in zip(tasks, pipe.execute(), strict=True):
+        for (slug, index, _), raw in zip(tasks, pipe.execute(), strict=True):
             for k, item in enumerate(raw):
                 yield decode_artifact(slug, index, k, item)
 
