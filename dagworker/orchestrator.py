@@ -373,23 +373,24 @@ class Orchestrator:
             if not forward:
                 rollback.advance(self, run_id)
                 return
-        drained, comp_pending = self._advance_forward(run_id)
+        drained, rolling_back = self._advance_forward(run_id)
         if drained:
             rollback.start(self, run_id)
-        if backward or comp_pending:
+        # Compensations settle only while a run rolls back: only then is their set looked at.
+        if backward or (rolling_back and self.store.settle_sizes(run_id)[1]):
             rollback.advance(self, run_id)
 
-    def _advance_forward(self, run_id: str) -> tuple[bool, int]:
+    def _advance_forward(self, run_id: str) -> tuple[bool, bool]:
         """Settle nodes whose tasks are done. Returns (a run rolling back has now drained,
-        size of the compensation settle set as read under the lock)."""
+        the run is rolling back)."""
         store = self.store
         c = self.compiled(run_id)
         while True:
-            # One round trip: the lock, the run (its version) and both settle sets.
-            lock, run, pending, comp_pending = store.lock_for_settle(run_id)
+            # One round trip: the lock, the run (its version) and the settle set.
+            lock, run, pending = store.lock_for_settle(run_id)
             try:
                 if not pending:
-                    return False, comp_pending
+                    return False, run["status"] == RunState.ROLLING_BACK.value
                 version = int(run.get("version") or 0)
                 ops, decision, drained, known = self._decide(c, run, pending)
                 if self.before_commit is not None:
@@ -408,7 +409,10 @@ class Orchestrator:
         for i, slug in enumerate(decision.claimed):
             inputs.keep(d for s in decision.claimed[i:] for d in c.nodes[s].depends_on)
             self.launch(run_id, slug, epoch=epoch, fresh=True, inputs=inputs)
-        return drained, comp_pending
+        rolling_back = decision.run_state is RunState.ROLLING_BACK or (
+            decision.run_state is None and run["status"] == RunState.ROLLING_BACK.value
+        )
+        return drained, rolling_back
 
     def _decide(
         self, c: Compiled, run: Mapping[str, str], pending: set[str]

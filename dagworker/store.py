@@ -28,6 +28,8 @@ INLINE_OUTPUTS = 200
 STAGE_CHUNK = 1_000
 STAGING_TTL_S = 86_400
 READ_CHUNK = 5_000
+#: At most this many arguments per merged commit op (Lua's unpack has a stack limit).
+MERGE_ARGS = 1_000
 #: begin_task.lua returns the inputs of a task whose spec is at most this long (a task reading
 #: a handful of artifacts; an aggregate over thousands reads them in pipelined chunks instead).
 BEGIN_INPUTS_SPEC_BYTES = 2_048
@@ -245,24 +247,25 @@ class Store:
             raise RunNotFound(run_id)
         return lock, run
 
-    def lock_for_settle(self, run_id: str) -> tuple[RunLock, dict[str, str], set[str], int]:
-        """Take the run lock; read the run, the settle set and the compensation settle set's
-        size in the same round trip. The run (with its version) is read before the settle set:
-        a stale orchestrator's commit landing after it moves the version, so a settle set read
-        after its commit can never be committed against (commit.lua refuses)."""
+    def lock_for_settle(self, run_id: str) -> tuple[RunLock, dict[str, str], set[str]]:
+        """Take the run lock; read the run and the settle set in the same round trip.
+
+        The run (with its version) is read before the settle set: a stale orchestrator's
+        commit landing after it moves the version, so a settle set read after its commit can
+        never be committed against (commit.lua refuses).
+        """
         lock = self.lock(run_id)
         k = self.keys
 
         def reads(pipe: Any) -> None:
             pipe.hgetall(k.run(run_id))
             pipe.smembers(k.settle(run_id))
-            pipe.scard(k.comp_settle(run_id))
 
-        run, pending, comp = lock.acquire(reads)
+        run, pending = lock.acquire(reads)
         if not run:
             lock.release()
             raise RunNotFound(run_id)
-        return lock, run, set(pending), int(comp)
+        return lock, run, set(pending)
 
     def settle_sizes(self, run_id: str) -> tuple[int, int]:
         """Sizes of the settle and compensation settle sets, one round trip."""
@@ -320,12 +323,24 @@ class Store:
         """
         keys = [self.keys.run(run_id), self.keys.lock(run_id)]
         positions: dict[str, int] = {keys[0]: 1}
-        encoded = []
+        encoded: list[list[Any]] = []
+        # HSETs (SREMs) of one key become one command, as long as no other verb on that key
+        # comes in between (so the order of writes to a key is kept).
+        open_ops: dict[str, list[Any]] = {}
         for key, verb, *args in ops:
             if key not in positions:
                 keys.append(key)
                 positions[key] = len(keys)
-            encoded.append([positions[key], verb, *args])
+            current = open_ops.get(key)
+            if current is not None and current[1] == verb and len(current) < MERGE_ARGS:
+                current.extend(args)
+                continue
+            op = [positions[key], verb, *args]
+            encoded.append(op)
+            if verb in ("hset", "srem"):
+                open_ops[key] = op
+            else:
+                open_ops.pop(key, None)
         token = lock.token if lock is not None else ""
         result = int(self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded), token]))
         if lock is not None and result >= 0:

@@ -9,9 +9,9 @@
 -- KEYS[1]   run hash (holds the "version" fence)   KEYS[2] the run lock
 -- KEYS[3..] every other key an op names, by position (all share the run's hash tag)
 -- ARGV[1]   the version the caller read
--- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value | hdel field |
---           hincrby field n | sadd member | srem member | zadd score member | zrem member |
---           rpush value | del
+-- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value [field value
+--           ...] | hdel field | hincrby field n | sadd member | srem member [member ...] |
+--           zadd score member | zrem member | rpush value | del
 -- ARGV[3]   the caller's lock token, '' when it holds no lock
 -- returns   the new version, or -1 when the run changed (nothing written)
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -22,11 +22,11 @@ local ops = cjson.decode(ARGV[2])
 for _, op in ipairs(ops) do
   local key = KEYS[op[1]]
   local verb = op[2]
-  if verb == 'hset' then redis.call('HSET', key, op[3], op[4])
+  if verb == 'hset' then redis.call('HSET', key, unpack(op, 3))
   elseif verb == 'hdel' then redis.call('HDEL', key, op[3])
   elseif verb == 'hincrby' then redis.call('HINCRBY', key, op[3], op[4])
   elseif verb == 'sadd' then redis.call('SADD', key, op[3])
-  elseif verb == 'srem' then redis.call('SREM', key, op[3])
+  elseif verb == 'srem' then redis.call('SREM', key, unpack(op, 3))
   elseif verb == 'zadd' then redis.call('ZADD', key, op[3], op[4])
   elseif verb == 'zrem' then redis.call('ZREM', key, op[3])
   elseif verb == 'rpush' then redis.call('RPUSH', key, op[3])

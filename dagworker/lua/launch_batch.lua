@@ -18,7 +18,8 @@
 -- returns  {applied, cursor, ready}: applied 1 when persisted, 0 when this batch already was
 --          (cursor is then the node's cursor, for the caller to resume from); ready 1 when a
 --          closing batch found every task done (the node is in the settle set)
-local cursor = tonumber(redis.call('HGET', KEYS[1], 'tasks') or '0')
+local node = redis.call('HMGET', KEYS[1], 'tasks', 'done')
+local cursor = tonumber(node[1] or '0')
 local first = tonumber(ARGV[1])
 if cursor ~= first then
   return {0, cursor, 0}
@@ -28,18 +29,19 @@ for i = 1, n do
   redis.call('HSET', KEYS[5 + i], 'state', 'queued', 'attempt', 1, 'spec', ARGV[5 + i],
              'queued_at', ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'tasks_total', n)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 local ready = 0
 if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[1], 'launched', 1)
+  redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2], 'launched', 1)
   redis.call('ZREM', KEYS[4], ARGV[4])
-  if tonumber(redis.call('HGET', KEYS[1], 'done') or '0') >= first + n then
+  -- done is not moved by this script: the value read above is current
+  if tonumber(node[2] or '0') >= first + n then
     redis.call('SADD', KEYS[5], ARGV[4])
     ready = 1
   end
 else
+  redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2])
   -- The launch is alive: the reconciler resumes only launches that stopped moving.
   redis.call('ZADD', KEYS[4], 'XX', ARGV[2], ARGV[4])
 end
