@@ -3,8 +3,9 @@
 Reliability settings (DESIGN §6): JSON only; ``acks_late`` with reject-on-worker-lost so a task
 whose worker dies is redelivered; prefetch 1 so a dying worker holds at most one message; a
 visibility timeout above the longest time limit (a message not acknowledged within it is
-redelivered, so a shorter one duplicates long tasks); events on for Flower; no result backend
-(dagworker's own state in Redis is the record).
+redelivered, so a shorter one duplicates long tasks); events on for Flower
+(``DAGWORKER_TASK_EVENTS=0`` turns them off); no result backend (dagworker's own state in Redis
+is the record).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
-        "worker_send_task_events": True,
+        # Flower needs them (the default); DAGWORKER_TASK_EVENTS=0 turns them off.
+        "worker_send_task_events": settings.task_events,
         # "task-sent" events would double the cost of every publish (one PUBLISH per
         # message); Flower shows tasks from the workers' received/started/succeeded events.
         "task_send_sent_event": False,
