@@ -39,19 +39,20 @@ class RunLock:
         self._released = False
 
     def acquire(self, reads: Callable[[Any], None] | None = None) -> list[Any]:
-        """Take the lock; ``reads(pipe)`` queues reads sent in the same round trip, after the
-        SET. Returns their replies, from the attempt that took the lock."""
+        """Take the lock and return the replies of ``reads(pipe)``, read while holding it.
+
+        The first attempt sends the reads in the SET's round trip (replies discarded when the
+        lock was not taken); while another orchestrator holds the lock, retries send only the
+        SET, and the reads follow once it is taken, so waiting costs one command per try.
+        """
         deadline = time.monotonic() + self.wait_s
         delay = 0.001
-        while True:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
-            if reads is not None:
-                reads(pipe)
-            taken, *replies = pipe.execute()
-            if taken:
-                self._released = False
-                return replies
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+        if reads is not None:
+            reads(pipe)
+        taken, *replies = pipe.execute()
+        while not taken:
             if time.monotonic() >= deadline:
                 raise LockNotAcquired(
                     f"could not take {self.key} within {self.wait_s:.0f}s "
@@ -59,6 +60,13 @@ class RunLock:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+            taken = self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
+            if taken and reads is not None:
+                pipe = self.client.pipeline(transaction=False)
+                reads(pipe)
+                replies = pipe.execute()
+        self._released = False
+        return replies
 
     def released_by_commit(self) -> None:
         """``commit.lua`` released the lock (if it was still ours) with its commit."""
