@@ -119,7 +119,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
             run_id, slug, index, attempt, "cancelled", error=f"run is {begin.state}"
         )
         if finish.settle:
-            orch.advance(run_id, settling=True)
+            orch.advance(run_id, settling=slug)
         return "cancelled"
     c = orch.compiled(run_id, begin.epoch)
     node = c.nodes[slug]
@@ -147,7 +147,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
     )
     crash_point("after_finish", slug)
     if finish.settle or finish.verdict == "duplicate":
-        orch.advance(run_id, settling=finish.settle)
+        orch.advance(run_id, settling=slug if finish.settle else None)
     return "completed" if finish.verdict == "recorded" else finish.verdict
 
 
@@ -186,7 +186,7 @@ def _failed(
     if finish.verdict == "recorded" and node.on_failure is OnFailure.FAIL_RUN and not finish.settle:
         orch.fail_fast(c.run_id, node.slug, f"task {index}: {error}")
     if finish.settle:
-        orch.advance(c.run_id, settling=True)
+        orch.advance(c.run_id, settling=node.slug)
     return "failed"
 
 

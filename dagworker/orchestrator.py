@@ -46,7 +46,7 @@ from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans
 from dagworker.settlement import Decision, NodeOutcome, decide
 from dagworker.states import NodeState, RunState
-from dagworker.store import LazyMap, Store, now
+from dagworker.store import LazyMap, Prefetched, Store, now
 
 log = logging.getLogger("dagworker.orchestrator")
 
@@ -290,7 +290,7 @@ class Orchestrator:
         if not closed:
             ready = self.store.finish_launch(run_id, slug, total)
         if ready:
-            self.advance(run_id, settling=True)
+            self.advance(run_id, settling=slug)
 
     def _launch_batch(
         self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str], final: bool
@@ -324,7 +324,7 @@ class Orchestrator:
         """
         log.error("run %s node %s: launch failed: %s", run_id, slug, error)
         if self.store.fail_launch(run_id, slug, error):
-            self.advance(run_id, settling=True)
+            self.advance(run_id, settling=slug)
 
     def _specs(self, c: Compiled, node: Node, inputs: Inputs | None = None) -> Iterator[str]:
         """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
@@ -359,11 +359,12 @@ class Orchestrator:
 
     # -- settling -----------------------------------------------------------------------------
 
-    def advance(self, run_id: str, *, settling: bool = False) -> None:
+    def advance(self, run_id: str, *, settling: str | None = None) -> None:
         """Settle what waits in the settle sets; claim and launch what became ready.
 
-        ``settling``: the caller knows the settle set is not empty (``finish_task`` or
-        ``finish_launch`` just put a node in it), so it is not counted first.
+        ``settling``: the node ``finish_task`` or ``finish_launch`` just put in the settle
+        set. The set is then not counted first, and what deciding that node needs is read
+        with the lock (the usual case: it is the only node waiting).
         """
         backward = 0
         if not settling:
@@ -373,26 +374,30 @@ class Orchestrator:
             if not forward:
                 rollback.advance(self, run_id)
                 return
-        drained, rolling_back = self._advance_forward(run_id)
+        drained, rolling_back = self._advance_forward(run_id, settling)
         if drained:
             rollback.start(self, run_id)
         # Compensations settle only while a run rolls back: only then is their set looked at.
         if backward or (rolling_back and self.store.settle_sizes(run_id)[1]):
             rollback.advance(self, run_id)
 
-    def _advance_forward(self, run_id: str) -> tuple[bool, bool]:
+    def _advance_forward(self, run_id: str, hint: str | None) -> tuple[bool, bool]:
         """Settle nodes whose tasks are done. Returns (a run rolling back has now drained,
         the run is rolling back)."""
         store = self.store
         c = self.compiled(run_id)
+        guess = [hint] if hint in c.nodes else []
         while True:
-            # One round trip: the lock, the run (its version) and the settle set.
-            lock, run, pending = store.lock_for_settle(run_id)
+            # One round trip: the lock, the run (its version), the settle set and what
+            # deciding the node we expect to find there needs.
+            lock, run, pending, prefetched = store.lock_for_settle(
+                run_id, self._near_fields(c, guess), guess
+            )
             try:
                 if not pending:
                     return False, run["status"] == RunState.ROLLING_BACK.value
                 version = int(run.get("version") or 0)
-                ops, decision, drained, known = self._decide(c, run, pending)
+                ops, decision, drained, known = self._decide(c, run, pending, prefetched)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
                 if store.commit(run_id, version, ops, lock) >= 0:
@@ -414,21 +419,31 @@ class Orchestrator:
         )
         return drained, rolling_back
 
+    @staticmethod
+    def _near_fields(c: Compiled, settling: Iterable[str]) -> list[str]:
+        """The node-state fields deciding ``settling`` reads: the neighbourhood of those nodes
+        (their successors and the successors' other dependencies), states and wait counts."""
+        near = set(settling)
+        for slug in list(near):
+            for succ in c.graph.successors[slug]:
+                near.add(succ)
+                near.update(c.graph.predecessors[succ])
+        return [*near, *(f"{s}:wait" for s in near)]
+
     def _decide(
-        self, c: Compiled, run: Mapping[str, str], pending: set[str]
+        self,
+        c: Compiled,
+        run: Mapping[str, str],
+        pending: set[str],
+        prefetched: Prefetched | None = None,
     ) -> tuple[list[tuple[Any, ...]], Decision, bool, dict[str, str]]:
         """The commit ops, the decision, whether a rolling-back run drained, and the node
         states as they will be after the commit (those read or decided)."""
         store, k = self.store, self.store.keys
         # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
         # skip cascades): the cost follows the work caused, not the size of the graph.
-        near = set(pending)
-        for slug in pending:
-            for succ in c.graph.successors[slug]:
-                near.add(succ)
-                near.update(c.graph.predecessors[succ])
         raw, counters = store.decide_reads(
-            c.run_id, [*near, *(f"{s}:wait" for s in near)], sorted(pending)
+            c.run_id, self._near_fields(c, pending), sorted(pending), prefetched
         )
         states = LazyMap(raw, NodeState)
         waits = LazyMap(raw, int, suffix=":wait")

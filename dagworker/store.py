@@ -103,6 +103,14 @@ class TaskBegin:
 
 
 @dataclass(frozen=True)
+class Prefetched:
+    """Node-state fields and node counters read ahead, with the run lock (``decide_reads``)."""
+
+    fields: dict[str, str | None]
+    counters: dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True)
 class TaskFinish:
     verdict: str  # recorded | duplicate | stale
     settle: bool
@@ -247,25 +255,37 @@ class Store:
             raise RunNotFound(run_id)
         return lock, run
 
-    def lock_for_settle(self, run_id: str) -> tuple[RunLock, dict[str, str], set[str]]:
-        """Take the run lock; read the run and the settle set in the same round trip.
+    def lock_for_settle(
+        self, run_id: str, fields: Sequence[str] = (), slugs: Sequence[str] = ()
+    ) -> tuple[RunLock, dict[str, str], set[str], Prefetched]:
+        """Take the run lock; read the run, the settle set and, when the caller can guess what
+        it will settle, ``decide_reads(fields, slugs)`` in the same round trip.
 
-        The run (with its version) is read before the settle set: a stale orchestrator's
-        commit landing after it moves the version, so a settle set read after its commit can
-        never be committed against (commit.lua refuses).
+        The run (with its version) is read before everything else: a stale orchestrator's
+        commit landing after it moves the version, so state read after its commit can never be
+        committed against (commit.lua refuses).
         """
         lock = self.lock(run_id)
         k = self.keys
+        wanted = list(dict.fromkeys(fields))
 
         def reads(pipe: Any) -> None:
             pipe.hgetall(k.run(run_id))
             pipe.smembers(k.settle(run_id))
+            if wanted:
+                pipe.hmget(k.nodes(run_id), wanted)
+            for slug in slugs:
+                pipe.hgetall(k.node(run_id, slug))
 
-        run, pending = lock.acquire(reads)
+        run, pending, *rest = lock.acquire(reads)
         if not run:
             lock.release()
             raise RunNotFound(run_id)
-        return lock, run, set(pending)
+        values = rest.pop(0) if wanted else []
+        prefetched = Prefetched(
+            dict(zip(wanted, values, strict=True)), dict(zip(slugs, rest, strict=True))
+        )
+        return lock, run, set(pending), prefetched
 
     def settle_sizes(self, run_id: str) -> tuple[int, int]:
         """Sizes of the settle and compensation settle sets, one round trip."""
@@ -276,21 +296,31 @@ class Store:
         return int(forward), int(backward)
 
     def decide_reads(
-        self, run_id: str, prefetch: Sequence[str], slugs: Sequence[str]
+        self,
+        run_id: str,
+        prefetch: Sequence[str],
+        slugs: Sequence[str],
+        have: Prefetched | None = None,
     ) -> tuple[_HashFields, dict[str, dict[str, str]]]:
         """Node-state fields (``node_fields``) and node counters (``node_counters``) in one
-        pipelined round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        wanted = list(dict.fromkeys(prefetch))
-        if wanted:
-            pipe.hmget(self.keys.nodes(run_id), wanted)
-        for slug in slugs:
-            pipe.hgetall(self.keys.node(run_id, slug))
-        replies = pipe.execute()
-        values = replies.pop(0) if wanted else []
+        pipelined round trip, none when ``have`` (read with the lock) holds them all."""
+        have = have or Prefetched({}, {})
+        wanted = [f for f in dict.fromkeys(prefetch) if f not in have.fields]
+        missing = [s for s in slugs if s not in have.counters]
         fields = _HashFields(self.r, self.keys.nodes(run_id), [])
-        fields.cache.update(zip(wanted, values, strict=True))
-        return fields, dict(zip(slugs, replies, strict=True))
+        fields.cache.update(have.fields)
+        counters = {s: have.counters[s] for s in slugs if s in have.counters}
+        if wanted or missing:
+            pipe = self.r.pipeline(transaction=False)
+            if wanted:
+                pipe.hmget(self.keys.nodes(run_id), wanted)
+            for slug in missing:
+                pipe.hgetall(self.keys.node(run_id, slug))
+            replies = pipe.execute()
+            values = replies.pop(0) if wanted else []
+            fields.cache.update(zip(wanted, values, strict=True))
+            counters.update(zip(missing, replies, strict=True))
+        return fields, {s: counters[s] for s in slugs}
 
     @staticmethod
     def event_json(at: float, status: RunState, error: str | None = None) -> str:
