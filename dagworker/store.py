@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from dagworker.artifact import Artifact, artifact_id
 from dagworker.errors import RunNotFound, StoreError
@@ -141,6 +142,7 @@ class Store:
                 "finish_comp_launch",
                 "begin_compensation",
                 "finish_compensation",
+                "read_outputs",
             )
         }
 
@@ -631,23 +633,61 @@ class Store:
         heartbeat: Callable[[], None] | None = None,
         every: int = READ_CHUNK,
     ) -> dict[str, list[Artifact]]:
-        """The artifacts of several nodes (as ``iter_artifacts``): their counts hashes in one
-        pipeline, then the outputs of all of them in pipelined chunks. ``heartbeat`` is called
-        every ``every`` artifacts."""
-        pipe = self.r.pipeline(transaction=False)
-        for slug in slugs:
-            pipe.hgetall(self.keys.counts(run_id, slug))
-        plan = [
-            item
-            for slug, counts in zip(slugs, pipe.execute(), strict=True)
-            for item in self._output_plan(slug, counts)
+        """The artifacts of several nodes (as ``iter_artifacts``), in one pipelined round trip
+        of ``read_outputs.lua`` (one per node) when each has at most READ_CHUNK; the outputs of
+        larger nodes follow in pipelined chunks, ``heartbeat`` called every ``every`` of them."""
+        calls = [
+            (
+                [self.keys.counts(run_id, slug)],
+                [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
+            )
+            for slug in slugs
         ]
         out: dict[str, list[Artifact]] = {slug: [] for slug in slugs}
-        for i, artifact in enumerate(self._iter_outputs(run_id, plan), 1):
+        plan: list[tuple[str, int, int]] = []
+        read = 0
+        for slug, (inline, *flat) in zip(
+            slugs, self._eval_many("read_outputs", calls), strict=True
+        ):
+            if int(inline):
+                for index_s, raw in sorted(
+                    zip(flat[::2], flat[1::2], strict=True), key=lambda p: int(p[0])
+                ):
+                    index = int(index_s)
+                    out[slug].extend(decode_artifact(slug, index, k, v) for k, v in enumerate(raw))
+                    read += len(raw)
+            else:
+                counts = dict(zip(flat[::2], flat[1::2], strict=True))
+                plan += self._output_plan(slug, counts)
+        for i, artifact in enumerate(self._iter_outputs(run_id, plan), read + 1):
             out[artifact.node].append(artifact)
             if heartbeat is not None and i % every == 0:
                 heartbeat()
         return out
+
+    def _eval_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run one script several times in one pipelined round trip.
+
+        EVALSHA directly: redis-py's pipelined Script objects would first ask SCRIPT EXISTS (a
+        round trip more each time). A server that lost the script (restart, SCRIPT FLUSH) gets
+        it loaded and the calls sent again; the scripts run this way only read.
+        """
+        script = self._scripts[name]
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                script.sha = self.r.script_load(script.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return list(replies)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _output_plan(slug: str, counts: Mapping[str, str]) -> list[tuple[str, int, int]]:
