@@ -13,6 +13,7 @@ Artifacts of a settled node never change, which is what makes sharing them safe.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from dagworker.artifact import Artifact
 from dagworker.pipeline import Node
@@ -33,6 +34,8 @@ class Inputs:
         self.nodes = nodes
         self.states: dict[str, str | None] = dict(known_states or {})
         self.artifacts: dict[str, list[Artifact]] = {}
+        #: ``read_outputs.lua`` replies read ahead (with the commit that claimed the nodes).
+        self.replies: dict[str, Any] = {}
 
     def of(
         self, node: Node, heartbeat: Callable[[], None] | None = None, every: int = 5_000
@@ -49,7 +52,10 @@ class Inputs:
             if s not in self.artifacts
         ]
         if needed:
-            self.artifacts.update(self.store.read_artifacts(self.run_id, needed, heartbeat, every))
+            replies = {s: self.replies.pop(s) for s in needed if s in self.replies}
+            self.artifacts.update(
+                self.store.read_artifacts(self.run_id, needed, heartbeat, every, replies)
+            )
         return {dep: [a for s in sources[dep] for a in self.artifacts[s]] for dep in sources}
 
     def keep(self, slugs: Iterable[str]) -> None:
@@ -57,6 +63,8 @@ class Inputs:
         wanted = set(slugs)
         for slug in [s for s in self.artifacts if s not in wanted]:
             del self.artifacts[slug]
+        for slug in [s for s in self.replies if s not in wanted]:
+            del self.replies[slug]
 
     def _sources(self, deps: Iterable[str]) -> dict[str, list[str]]:
         """Per dependency, the completed nodes whose artifacts it stands for (§4.5)."""

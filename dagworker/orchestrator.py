@@ -400,7 +400,12 @@ class Orchestrator:
                 ops, decision, drained, known = self._decide(c, run, pending, prefetched)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
-                if store.commit(run_id, version, ops, lock) >= 0:
+                # The claimed nodes' completed dependencies are read with the commit: the
+                # launches that follow plan from them without another round trip.
+                deps = dict.fromkeys(d for s in decision.claimed for d in c.nodes[s].depends_on)
+                ahead = [d for d in deps if known.get(d) == NodeState.COMPLETED.value]
+                result, replies = store.commit_and_read(run_id, version, ops, lock, ahead)
+                if result >= 0:
                     break
             finally:
                 lock.release()  # nothing to do when the commit released it
@@ -411,6 +416,7 @@ class Orchestrator:
         # The claimed nodes' dependencies were read and decided just now: their states are
         # known, and nodes claimed together (a layer) share the artifacts they read.
         inputs = Inputs(store, run_id, c.nodes, known)
+        inputs.replies.update(replies)
         for i, slug in enumerate(decision.claimed):
             inputs.keep(d for s in decision.claimed[i:] for d in c.nodes[s].depends_on)
             self.launch(run_id, slug, epoch=epoch, fresh=True, inputs=inputs)

@@ -353,6 +353,36 @@ class Store:
 
         With ``lock``, a successful commit releases it in the same script.
         """
+        return self.commit_and_read(run_id, version, ops, lock)[0]
+
+    def commit_and_read(
+        self,
+        run_id: str,
+        version: int,
+        ops: Sequence[tuple[Any, ...]],
+        lock: RunLock | None = None,
+        read: Sequence[str] = (),
+    ) -> tuple[int, dict[str, Any]]:
+        """``commit``, with the artifacts of the nodes ``read`` read in the same round trip
+        (``read_outputs.lua`` replies, for ``read_artifacts(..., replies=)``; committed
+        artifacts never change, so reading them after the commit is reading them later)."""
+        keys, args = self._commit_args(run_id, version, ops, lock)
+        calls = [("commit", keys, args), *(self._read_outputs_call(run_id, s) for s in read)]
+        replies = self._eval_pipeline(calls)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        result = int(replies[0])
+        if lock is not None and result >= 0:
+            lock.released_by_commit()
+        # A read that failed (a script the server lost meanwhile) is simply read again later.
+        reads = {
+            s: r for s, r in zip(read, replies[1:], strict=True) if not isinstance(r, Exception)
+        }
+        return result, reads
+
+    def _commit_args(
+        self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]], lock: RunLock | None
+    ) -> tuple[list[str], list[Any]]:
         keys = [self.keys.run(run_id), self.keys.lock(run_id)]
         positions: dict[str, int] = {keys[0]: 1}
         encoded: list[list[Any]] = []
@@ -374,10 +404,30 @@ class Store:
             else:
                 open_ops.pop(key, None)
         token = lock.token if lock is not None else ""
-        result = int(self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded), token]))
-        if lock is not None and result >= 0:
-            lock.released_by_commit()
-        return result
+        return keys, [version, json.dumps(encoded), token]
+
+    def _eval_pipeline(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run scripts ``(name, keys, args)`` in one pipelined round trip; replies in order,
+        errors as exception objects.
+
+        EVALSHA directly: redis-py's pipelined Script objects would first ask SCRIPT EXISTS (a
+        round trip more each time). When the server lost the first call's script (a restart,
+        SCRIPT FLUSH), that call did not run: the scripts are loaded and everything is sent
+        again (the calls after the first only read).
+        """
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            if attempt == 1 and isinstance(replies[0], NoScriptError):
+                for name in {name for name, _, _ in calls}:
+                    self._scripts[name].sha = self.r.script_load(self._scripts[name].script)
+                continue
+            return replies
+        raise AssertionError("unreachable")
 
     # -- launching ------------------------------------------------------------------------------
 
@@ -632,23 +682,25 @@ class Store:
         slugs: Sequence[str],
         heartbeat: Callable[[], None] | None = None,
         every: int = READ_CHUNK,
+        replies: Mapping[str, Any] | None = None,
     ) -> dict[str, list[Artifact]]:
         """The artifacts of several nodes (as ``iter_artifacts``), in one pipelined round trip
         of ``read_outputs.lua`` (one per node) when each has at most READ_CHUNK; the outputs of
-        larger nodes follow in pipelined chunks, ``heartbeat`` called every ``every`` of them."""
-        calls = [
-            (
-                [self.keys.counts(run_id, slug)],
-                [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
-            )
-            for slug in slugs
-        ]
+        larger nodes follow in pipelined chunks, ``heartbeat`` called every ``every`` of them.
+        ``replies``: ``read_outputs.lua`` replies already read (``commit_and_read``)."""
+        have = dict(replies or {})
+        todo = [s for s in slugs if s not in have]
+        if todo:
+            calls = [self._read_outputs_call(run_id, s) for s in todo]
+            for slug, reply in zip(todo, self._eval_pipeline(calls), strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                have[slug] = reply
         out: dict[str, list[Artifact]] = {slug: [] for slug in slugs}
         plan: list[tuple[str, int, int]] = []
         read = 0
-        for slug, (inline, *flat) in zip(
-            slugs, self._eval_many("read_outputs", calls), strict=True
-        ):
+        for slug in slugs:
+            inline, *flat = have[slug]
             if int(inline):
                 for index_s, raw in sorted(
                     zip(flat[::2], flat[1::2], strict=True), key=lambda p: int(p[0])
@@ -665,29 +717,12 @@ class Store:
                 heartbeat()
         return out
 
-    def _eval_many(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """Run one script several times in one pipelined round trip.
-
-        EVALSHA directly: redis-py's pipelined Script objects would first ask SCRIPT EXISTS (a
-        round trip more each time). A server that lost the script (restart, SCRIPT FLUSH) gets
-        it loaded and the calls sent again; the scripts run this way only read.
-        """
-        script = self._scripts[name]
-        for attempt in (1, 2):
-            pipe = self.r.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
-                script.sha = self.r.script_load(script.script)
-                continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return list(replies)
-        raise AssertionError("unreachable")
+    def _read_outputs_call(self, run_id: str, slug: str) -> tuple[str, list[str], list[Any]]:
+        return (
+            "read_outputs",
+            [self.keys.counts(run_id, slug)],
+            [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
+        )
 
     @staticmethod
     def _output_plan(slug: str, counts: Mapping[str, str]) -> list[tuple[str, int, int]]:
