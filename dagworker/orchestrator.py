@@ -102,26 +102,37 @@ class _RunCache:
         """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's."""
         item = self._items.get(run_id)
         if item is None or (epoch is not None and epoch != item.epoch):
-            pipeline = Pipeline.model_validate_json(store.pipeline_json(run_id))
-            run = store.run(run_id)
-            run_input = json.loads(run.get("input") or "{}")
-            graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
-            item = Compiled(
-                run_id,
-                pipeline,
-                graph,
-                {n.slug: n for n in pipeline.nodes},
-                run_input,
-                {n.slug: compile_bindings(n) for n in pipeline.nodes},
-                {n.slug: n.on_failure for n in pipeline.nodes},
-                run.get("epoch") or "",
+            run, text = store.run_and_pipeline(run_id)
+            pipeline = Pipeline.model_validate_json(text)
+            item = self.put(
+                compile_run(run_id, pipeline, json.loads(run.get("input") or "{}"), run)
             )
-            self._items[run_id] = item
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
         else:
             self._items.move_to_end(run_id)
         return item
+
+    def put(self, item: Compiled) -> Compiled:
+        self._items[item.run_id] = item
+        self._items.move_to_end(item.run_id)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return item
+
+
+def compile_run(
+    run_id: str, pipeline: Pipeline, run_input: dict[str, Any], run: Mapping[str, str]
+) -> Compiled:
+    graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
+    return Compiled(
+        run_id,
+        pipeline,
+        graph,
+        {n.slug: n for n in pipeline.nodes},
+        run_input,
+        {n.slug: compile_bindings(n) for n in pipeline.nodes},
+        {n.slug: n.on_failure for n in pipeline.nodes},
+        run.get("epoch") or "",
+    )
 
 
 def fingerprint(run_input: Mapping[str, Any]) -> str:
@@ -193,18 +204,25 @@ class Orchestrator:
             record["replay_of"] = reuse[0]
             record["reused"] = json.dumps(sorted(reused))
         waits = {n.slug: sum(d not in reused for d in n.depends_on) for n in pipeline.nodes}
-        self.store.create_run(run_id, record, pipeline.to_json(), waits)
-        self.store.add_event(run_id, {"at": at, "status": RunState.RUNNING.value})
-        k = self.store.keys
-        ops: list[tuple[Any, ...]] = []
-        if reuse:
-            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
-            ops.append((k.run(run_id), "hset", "tasks_total", copied))
-            ops.append((k.run(run_id), "hset", "tasks_done", copied))
-            ops += [(k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()]
         ready = [n.slug for n in pipeline.nodes if n.slug not in reused and not waits[n.slug]]
-        ops += [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
-        self.store.commit(run_id, 0, ops)
+        claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
+        started = {"at": at, "status": RunState.RUNNING.value}
+        k = self.store.keys
+        if not reuse:
+            # One transaction: the run, its "running" event and the roots' claims.
+            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], claims)
+        else:
+            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
+            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
+            ops: list[tuple[Any, ...]] = [
+                (k.run(run_id), "hset", "tasks_total", copied),
+                (k.run(run_id), "hset", "tasks_done", copied),
+                *((k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()),
+            ]
+            self.store.commit(run_id, 0, ops + claims)
+        # This process launches the roots: it knows the run without reading it back.
+        # (the input as workers will see it: decoded from the JSON stored with the run)
+        self.cache.put(compile_run(run_id, pipeline, json.loads(str(record["input"])), {}))
         for slug in ready:
             self.launch(run_id, slug, epoch="", fresh=True)
         return run_id

@@ -117,6 +117,18 @@ class TaskFinish:
     settle: bool
 
 
+def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
+    """One ``commit`` op (see commit.lua for the verbs) as a plain command on ``pipe``."""
+    if verb == "zadd":
+        pipe.zadd(key, {args[1]: args[0]})
+    elif verb == "del":
+        pipe.delete(key)
+    elif verb in ("hset", "hdel", "hincrby", "sadd", "srem", "zrem", "rpush"):
+        pipe.execute_command(verb.upper(), key, *args)
+    else:
+        raise StoreError(f"unknown commit verb {verb!r}")
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://`` or ``rediss://`` URLs (password and TLS options in the URL)."""
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
@@ -158,8 +170,15 @@ class Store:
         record: Mapping[str, Any],
         pipeline_json: str,
         waits: Mapping[str, int],
+        events: Sequence[Mapping[str, Any]] = (),
+        ops: Sequence[tuple[Any, ...]] = (),
     ) -> None:
-        """Write a new run with all nodes pending; refuses to overwrite an existing run id."""
+        """Write a new run with all nodes pending; refuses to overwrite an existing run id.
+
+        ``events`` are appended after the "pending" one, and ``ops`` (``commit`` ops, e.g. the
+        roots' claims) applied, in the same transaction: with ops the run starts at version 1,
+        as if they had been committed on the new run.
+        """
         k = self.keys
         if not self.r.hsetnx(k.run(run_id), "id", run_id):
             raise StoreError(f"run {run_id!r} already exists")
@@ -168,12 +187,18 @@ class Store:
             nodes[slug] = "pending"
             nodes[f"{slug}:wait"] = wait
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(k.run(run_id), mapping={**record, "version": 0})
+        pipe.hset(k.run(run_id), mapping={**record, "version": 1 if ops else 0})
         pipe.set(k.pipeline(run_id), pipeline_json)
         pipe.hset(k.nodes(run_id), mapping=nodes)
         pipe.zadd(k.runs_active, {run_id: record["created_at"]})
         pipe.zadd(k.runs_all, {run_id: record["created_at"]})
-        pipe.rpush(k.events(run_id), json.dumps({"at": record["created_at"], "status": "pending"}))
+        pipe.rpush(
+            k.events(run_id),
+            json.dumps({"at": record["created_at"], "status": "pending"}),
+            *(json.dumps(dict(e)) for e in events),
+        )
+        for key, verb, *args in ops:
+            _queue_op(pipe, key, verb, *args)
         pipe.execute()
 
     def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> int:
@@ -208,6 +233,16 @@ class Store:
         if not data:
             raise RunNotFound(run_id)
         return data
+
+    def run_and_pipeline(self, run_id: str) -> tuple[dict[str, str], str]:
+        """The run hash and its pipeline JSON, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.get(self.keys.pipeline(run_id))
+        run, text = pipe.execute()
+        if not run or text is None:
+            raise RunNotFound(run_id)
+        return run, text
 
     def pipeline_json(self, run_id: str) -> str:
         text: str | None = self.r.get(self.keys.pipeline(run_id))
