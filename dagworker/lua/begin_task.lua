@@ -15,7 +15,7 @@
 --         verdict: run | finished | stale | inactive | missing; epoch: the run's input epoch
 --         (a retry with a new input bumps it: caches reload); fetched: 1 when the inputs
 --         follow (an artifact is false when missing), 0 when the caller reads them itself
-local task = redis.call('HMGET', KEYS[2], 'state', 'attempt', 'spec')
+local task = redis.call('HMGET', KEYS[2], 'state', 'attempt', 'spec', 'deliveries')
 local state = task[1]
 if not state then
   return {'missing', '', ''}
@@ -35,8 +35,7 @@ if status ~= 'running' and status ~= 'paused' then
 end
 local spec = task[3]
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
-           'attempt', asked)
-redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
+           'attempt', asked, 'deliveries', tonumber(task[4] or '0') + 1)
 local out = {'run', spec, state, run[2] or '', 0}
 if spec and #spec <= tonumber(ARGV[5]) then
   local decoded = cjson.decode(spec)

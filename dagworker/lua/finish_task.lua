@@ -54,11 +54,12 @@ end
 if outcome == 'failed' or attempt > 1 then
   redis.call('ZADD', KEYS[9], 'NX', ARGV[3], ARGV[4])
 end
-redis.call('HINCRBY', KEYS[2], outcome, 1)
-local done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+-- The node's counters: read once, written once (this script is atomic, like HINCRBY).
+local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks', 'done', outcome)
+local done = tonumber(node[3] or '0') + 1
+redis.call('HSET', KEYS[2], 'done', done, outcome, tonumber(node[4] or '0') + 1)
 redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
 local settle = 0
-local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks')
 if node[1] == '1' and done >= tonumber(node[2]) then
   redis.call('SADD', KEYS[7], ARGV[5])
   settle = 1
