@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from dagworker.broker import RedisQueues, encode, origin_name
 from dagworker.pipeline import Node
@@ -48,7 +48,9 @@ class CeleryPublisher:
 
     With a Redis broker (``queues``), a batch is written straight into kombu's queue lists: one
     round trip for 500 messages instead of one ``send_task`` each (``dagworker.broker``). Other
-    brokers (``amqp://``) go through ``send_task``, one producer connection per batch.
+    brokers (``amqp://``) go through ``send_task``, one producer connection per batch, and so
+    does everything while a receiver is connected to Celery's ``before_task_publish`` or
+    ``after_task_publish`` signals (only ``send_task`` sends them).
     """
 
     def __init__(self, app: Celery, default_queue: str, queues: RedisQueues | None = None) -> None:
@@ -127,7 +129,7 @@ class CeleryPublisher:
         confirm: Sequence[Sequence[Any]] = (),
     ) -> bool:
         """Send ``(task id, kwargs)`` messages; True when ``confirm`` was applied with them."""
-        if self.queues is None:
+        if self.queues is None or _publish_signals_connected():
             limits = {} if time_limit is None else {"time_limit": time_limit}
             with self.app.producer_or_acquire() as producer:
                 for tid, kwargs in messages:
@@ -159,6 +161,12 @@ class CeleryPublisher:
             for tid, kwargs in messages
         ]
         return self.queues.push({self.queues.key(queue): envelopes}, confirm)
+
+
+def _publish_signals_connected() -> bool:
+    """Someone listens to Celery's publish signals (tracing, auditing): only ``send_task``
+    sends them, so the batched path steps aside."""
+    return bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
 
 
 HOOKS_TASK = "dagworker.hooks"

@@ -97,3 +97,24 @@ def test_queue_keys_follow_kombu_priorities() -> None:
     assert queues.key("gpu", 0) == "p:kombu:gpu"
     assert queues.key("gpu", 4) == "p:kombu:gpu\x06\x163"
     assert queues.key("gpu", 9) == "p:kombu:gpu\x06\x169"
+
+
+def test_publish_signal_receivers_get_send_task() -> None:
+    from celery import signals
+
+    from dagworker.tasks import _publish_signals_connected
+
+    # Given nobody listens to the publish signals, the batched path is used
+    assert not _publish_signals_connected()
+
+    # When a tracer connects to one of them
+    def traced(**_: Any) -> None:
+        pass
+
+    signals.after_task_publish.connect(traced, weak=False)
+    try:
+        # Then messages go through send_task, which sends the signals
+        assert _publish_signals_connected()
+    finally:
+        signals.after_task_publish.disconnect(traced)
+    assert not _publish_signals_connected()
