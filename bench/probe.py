@@ -81,10 +81,10 @@ def _patch_orchestrator() -> None:
                 _profiler.disable()
             _measured("exec", f"{run_id}|{slug}", n0, t0)
 
-    def measured_launch(self: Orchestrator, run_id: str, slug: str) -> None:
+    def measured_launch(self: Orchestrator, run_id: str, slug: str, **options: Any) -> None:
         n0, t0 = _commands(), time.thread_time()
         try:
-            launch(self, run_id, slug)
+            launch(self, run_id, slug, **options)
         finally:
             _measured("launch", f"{run_id}|{slug}", n0, t0)
 

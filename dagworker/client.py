@@ -187,7 +187,9 @@ class Client:
                 load_plugins(self.settings)
             app = create_app(self.settings)
             self._orch = Orchestrator(
-                self.store, CeleryPublisher(app, self.settings.default_queue), self.registry
+                self.store,
+                CeleryPublisher.for_settings(app, self.settings, self.store.r),
+                self.registry,
             )
         return self._orch
 

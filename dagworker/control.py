@@ -221,12 +221,10 @@ def _restart(
 
 def _send(orch: Orchestrator, run_id: str, plan: _Restart) -> None:
     """After the commit, outside the lock: resend the reset tasks, launch the claimed nodes."""
-    store = orch.store
     c = orch.compiled(run_id, plan.epoch)
     for slug, tasks in plan.republish.items():
         node = c.nodes[slug]
-        orch.publisher.publish(run_id, node, orch.registry.get(node.plugin), tasks)
-        store.published(run_id, slug, tasks[0][0], tasks[-1][0])
+        orch.publish(run_id, node, orch.registry.get(node.plugin), tasks)
     for slug in plan.claimed:
         orch.launch(run_id, slug)
 

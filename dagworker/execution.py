@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagworker import cache, subpipeline
-from dagworker.artifact import artifact_id
+from dagworker.artifact import Artifact, artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
 from dagworker.faults import crash_point
@@ -120,7 +120,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
             run_id, slug, index, attempt, "cancelled", error=f"run is {begin.state}"
         )
         if finish.settle:
-            orch.advance(run_id)
+            orch.advance(run_id, settling=slug)
         return "cancelled"
     c = orch.compiled(run_id, begin.epoch)
     node = c.nodes[slug]
@@ -129,7 +129,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         if "err" in begin.spec:
             raise ExpressionEvalError(begin.spec["err"])
         plugin = orch.registry.get(node.plugin)
-        ctx = _context(orch, c, node, index, attempt, begin.spec)
+        ctx = _context(orch, c, node, index, attempt, begin.spec, begin.inputs)
         kwargs = {**node.config, **begin.spec.get("b", {})}
         if node.pipeline is not None:
             return subpipeline.start_child(orch, c, node, index, attempt, ctx, kwargs)
@@ -158,7 +158,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
     if cached is not None and finish.verdict == "recorded":
         store.record_cache_hit(run_id, slug, index)
     if finish.settle or finish.verdict == "duplicate":
-        orch.advance(run_id)
+        orch.advance(run_id, settling=slug if finish.settle else None)
     return "completed" if finish.verdict == "recorded" else finish.verdict
 
 
@@ -236,7 +236,7 @@ def _failed(
     if finish.verdict == "recorded" and node.on_failure is OnFailure.FAIL_RUN and not finish.settle:
         orch.fail_fast(c.run_id, node.slug, f"task {index}: {error}")
     if finish.settle:
-        orch.advance(c.run_id)
+        orch.advance(c.run_id, settling=node.slug)
     return "failed"
 
 
@@ -247,10 +247,17 @@ def _context(
     index: int,
     attempt: int,
     spec: Mapping[str, Any],
+    prefetched: Mapping[str, Artifact] | None = None,
 ) -> TaskContext:
+    """``prefetched``: the inputs by id, when ``begin_task`` already read them."""
     wanted = spec.get("in", {})
     ids = [aid for dep in node.depends_on for aid in wanted.get(dep, [])]
-    fetched = {a.id: a for a in orch.store.fetch_artifacts(c.run_id, ids)} if ids else {}
+    if prefetched is not None:
+        fetched = dict(prefetched)
+    elif ids:
+        fetched = {a.id: a for a in orch.store.fetch_artifacts(c.run_id, ids)}
+    else:
+        fetched = {}
     inputs = {dep: [fetched[aid].fields for aid in wanted.get(dep, [])] for dep in node.depends_on}
     artifacts = [fetched[aid].fields for aid in ids]
     single = node.fan_mode is FanMode.SINGLE and len(artifacts) == 1

@@ -133,7 +133,14 @@ class Keys:
 
     def outputs(self, run_id: str, slug: str, index: int) -> str:
         """List: the committed artifacts of one task, in emission order."""
-        return f"{self.prefix}:run:{{{run_id}}}:out:{slug}:{index}"
+        return f"{self.outputs_prefix(run_id)}{slug}:{index}"
+
+    def outputs_prefix(self, run_id: str, slug: str | None = None) -> str:
+        """What every outputs list key of a run (of one node of it) starts with: scripts that
+        read artifacts by id or by task index (``begin_task.lua``, ``read_outputs.lua``) build
+        the keys from it."""
+        base = f"{self.prefix}:run:{{{run_id}}}:out:"
+        return base if slug is None else f"{base}{slug}:"
 
     def staging(self, run_id: str, slug: str, index: int, token: str) -> str:
         """List: artifacts of one delivery being written; renamed to outputs by the winner."""

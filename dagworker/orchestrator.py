@@ -26,12 +26,12 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from dagworker import rollback, subpipeline
-from dagworker.artifact import Artifact
 from dagworker.bindings import CompiledBinding, compile_bindings, evaluate, task_scope
 from dagworker.errors import (
     DagworkerError,
@@ -40,12 +40,13 @@ from dagworker.errors import (
 )
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
+from dagworker.inputs import Inputs
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
 from dagworker.routing import TaskPlan, iter_plans, repeated
 from dagworker.settlement import Decision, NodeOutcome, decide
 from dagworker.states import NodeState, RunState
-from dagworker.store import LazyMap, Store, now
+from dagworker.store import LazyMap, Prefetched, Store, now
 
 log = logging.getLogger("dagworker.orchestrator")
 
@@ -58,8 +59,17 @@ class Publisher(Protocol):
     """Sends task messages; the Celery implementation lives in ``dagworker.tasks``."""
 
     def publish(
-        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
-    ) -> None: ...
+        self,
+        run_id: str,
+        node: Node,
+        plugin: Plugin,
+        tasks: list[tuple[int, int]],
+        confirm: Sequence[Sequence[Any]] = (),
+    ) -> bool:
+        """Send the tasks' messages. ``confirm``: Redis commands on the run store that the
+        publisher may apply atomically with the send (when the broker is the store's Redis);
+        returns True when it did, False when the caller must apply them itself."""
+        ...
 
     def publish_hooks(self, run_id: str, event: str) -> None: ...
 
@@ -93,27 +103,38 @@ class _RunCache:
         """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's."""
         item = self._items.get(run_id)
         if item is None or (epoch is not None and epoch != item.epoch):
-            pipeline = Pipeline.model_validate_json(store.pipeline_json(run_id))
-            run = store.run(run_id)
-            run_input = json.loads(run.get("input") or "{}")
-            graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
-            item = Compiled(
-                run_id,
-                pipeline,
-                graph,
-                {n.slug: n for n in pipeline.nodes},
-                run_input,
-                {n.slug: compile_bindings(n) for n in pipeline.nodes},
-                {n.slug: n.on_failure for n in pipeline.nodes},
-                run.get("epoch") or "",
-                run.get("no_cache") == "1",
+            run, text = store.run_and_pipeline(run_id)
+            pipeline = Pipeline.model_validate_json(text)
+            item = self.put(
+                compile_run(run_id, pipeline, json.loads(run.get("input") or "{}"), run)
             )
-            self._items[run_id] = item
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
         else:
             self._items.move_to_end(run_id)
         return item
+
+    def put(self, item: Compiled) -> Compiled:
+        self._items[item.run_id] = item
+        self._items.move_to_end(item.run_id)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return item
+
+
+def compile_run(
+    run_id: str, pipeline: Pipeline, run_input: dict[str, Any], run: Mapping[str, str]
+) -> Compiled:
+    graph = Graph.from_edges({n.slug: n.depends_on for n in pipeline.nodes})
+    return Compiled(
+        run_id,
+        pipeline,
+        graph,
+        {n.slug: n for n in pipeline.nodes},
+        run_input,
+        {n.slug: compile_bindings(n) for n in pipeline.nodes},
+        {n.slug: n.on_failure for n in pipeline.nodes},
+        run.get("epoch") or "",
+        run.get("no_cache") == "1",
+    )
 
 
 def fingerprint(run_input: Mapping[str, Any]) -> str:
@@ -191,20 +212,31 @@ class Orchestrator:
             record["replay_of"] = reuse[0]
             record["reused"] = json.dumps(sorted(reused))
         waits = {n.slug: sum(d not in reused for d in n.depends_on) for n in pipeline.nodes}
-        self.store.create_run(run_id, record, pipeline.to_json(), waits)
-        self.store.add_event(run_id, {"at": at, "status": RunState.RUNNING.value})
-        k = self.store.keys
-        ops: list[tuple[Any, ...]] = []
-        if reuse:
-            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
-            ops.append((k.run(run_id), "hset", "tasks_total", copied))
-            ops.append((k.run(run_id), "hset", "tasks_done", copied))
-            ops += [(k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()]
         ready = [n.slug for n in pipeline.nodes if n.slug not in reused and not waits[n.slug]]
-        ops += [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
-        self.store.commit(run_id, 0, ops)
+        claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
+        started = {"at": at, "status": RunState.RUNNING.value}
+        k = self.store.keys
+        if not reuse:
+            # One transaction: the run, its "running" event and the roots' claims.
+            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], claims)
+        else:
+            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
+            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
+            ops: list[tuple[Any, ...]] = [
+                (k.run(run_id), "hset", "tasks_total", copied),
+                (k.run(run_id), "hset", "tasks_done", copied),
+                *((k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()),
+            ]
+            self.store.commit(run_id, 0, ops + claims)
+        # This process launches the roots: it knows the run without reading it back.
+        # (the input as workers will see it: decoded from the JSON stored with the run)
+        self.cache.put(
+            compile_run(run_id, pipeline, json.loads(str(record["input"])), {"no_cache": "1"})
+            if no_cache
+            else compile_run(run_id, pipeline, json.loads(str(record["input"])), {})
+        )
         for slug in ready:
-            self.launch(run_id, slug)
+            self.launch(run_id, slug, epoch="", fresh=True)
         return run_id
 
     def claim_ops(
@@ -230,9 +262,26 @@ class Orchestrator:
 
     # -- launching ----------------------------------------------------------------------------
 
-    def launch(self, run_id: str, slug: str) -> None:
-        """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor)."""
-        c = self.compiled(run_id, self.store.r.hget(self.store.keys.run(run_id), "epoch") or "")
+    def launch(
+        self,
+        run_id: str,
+        slug: str,
+        *,
+        epoch: str | None = None,
+        fresh: bool = False,
+        inputs: Inputs | None = None,
+    ) -> None:
+        """Persist and publish a claimed node's tasks; safe to repeat (resumes at its cursor).
+
+        ``epoch``: the run's input epoch when the caller just read it (with the claim).
+        ``fresh``: the caller claimed the node in its own commit, so no task of it exists yet
+        and its cursor is 0 without asking; should another launcher have started it anyway,
+        ``launch_batch.lua``'s fence refuses our batch and tells us its cursor.
+        ``inputs``: a reader shared with the other nodes claimed together (``Inputs``).
+        """
+        if epoch is None:
+            epoch = self.store.r.hget(self.store.keys.run(run_id), "epoch") or ""
+        c = self.compiled(run_id, epoch)
         node = c.nodes[slug]
         settings = self.store.settings
         try:
@@ -242,42 +291,60 @@ class Orchestrator:
             return
         total = 0
         batch: list[str] = []
-        first = cursor = self.store.launch_cursor(run_id, slug)
+        first = cursor = 0 if fresh else self.store.launch_cursor(run_id, slug)
         try:
-            for index, spec in enumerate(self._specs(c, node)):
+            for index, spec in enumerate(self._specs(c, node, inputs)):
                 total = index + 1
                 if total > settings.max_tasks_per_node:
                     raise LimitExceeded(
                         "DAGWORKER_MAX_TASKS_PER_NODE", total, settings.max_tasks_per_node
                     )
+                if len(batch) >= settings.launch_batch:
+                    # A full batch is sent once the next task exists: the last batch of a
+                    # launch also closes it (launch_batch.lua), one script less per launch.
+                    cursor = self._launch_batch(run_id, node, plugin, first, batch, False)[0]
+                    batch = []
                 if index < cursor:
                     continue
                 if not batch:
                     first = index
                 batch.append(spec)
-                if len(batch) >= settings.launch_batch:
-                    cursor = self._launch_batch(run_id, node, plugin, first, batch)
-                    batch = []
         except DagworkerError as exc:
+            if len(batch) >= settings.launch_batch:  # full batches were always sent
+                self._launch_batch(run_id, node, plugin, first, batch, False)
             self._fail_launch(run_id, slug, str(exc))
             return
+        closed = ready = False
         if batch:
-            self._launch_batch(run_id, node, plugin, first, batch)
-        if self.store.finish_launch(run_id, slug, total):
-            self.advance(run_id)
+            _, ready, closed = self._launch_batch(run_id, node, plugin, first, batch, True)
+        if not closed:
+            ready = self.store.finish_launch(run_id, slug, total)
+        if ready:
+            self.advance(run_id, settling=slug)
 
     def _launch_batch(
-        self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str]
-    ) -> int:
-        """Persist one batch then publish it; returns the cursor after it."""
-        if self.store.launch_batch(run_id, node.slug, first, specs, now()):
+        self, run_id: str, node: Node, plugin: Plugin, first: int, specs: list[str], final: bool
+    ) -> tuple[int, bool, bool]:
+        """Persist one batch then publish it. Returns (the cursor after it, the node is ready
+        to settle, this batch closed the launch)."""
+        applied, cursor, ready = self.store.launch_batch(
+            run_id, node.slug, first, specs, now(), final
+        )
+        if applied:
             crash_point("before_publish", node.slug)
-            last = first + len(specs) - 1
-            self.publisher.publish(run_id, node, plugin, [(i, 1) for i in range(first, last + 1)])
+            self.publish(run_id, node, plugin, [(i, 1) for i in range(first, cursor)])
+        # else someone else (a reconciler resuming us, or we resuming them) persisted it
+        return cursor, ready, applied and final
+
+    def publish(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> None:
+        """Send an outbox batch (``tasks`` from its first to its last index) and confirm it:
+        in the same MULTI when the broker is the store's Redis, else right after."""
+        first, last = tasks[0][0], tasks[-1][0]
+        confirm = self.store.published_commands(run_id, node.slug, first, last)
+        if not self.publisher.publish(run_id, node, plugin, tasks, confirm):
             self.store.published(run_id, node.slug, first, last)
-            return last + 1
-        # Someone else (a reconciler resuming us, or we resuming them) persisted it.
-        return self.store.launch_cursor(run_id, node.slug)
 
     def _fail_launch(self, run_id: str, slug: str, error: str) -> None:
         """A node that cannot be launched (a limit, a binding failing on the data) fails.
@@ -287,15 +354,18 @@ class Orchestrator:
         """
         log.error("run %s node %s: launch failed: %s", run_id, slug, error)
         if self.store.fail_launch(run_id, slug, error):
-            self.advance(run_id)
+            self.advance(run_id, settling=slug)
 
-    def _specs(self, c: Compiled, node: Node) -> Iterator[str]:
+    def _specs(self, c: Compiled, node: Node, inputs: Inputs | None = None) -> Iterator[str]:
         """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
         if not node.depends_on:
             plans: Iterable[TaskPlan] = [TaskPlan(index=0, origin=None, inputs={})]
         else:
-            inputs = {dep: self._inputs_of(c, dep, node.slug) for dep in node.depends_on}
-            plans = iter_plans(node, inputs)
+            reader = inputs or Inputs(self.store, c.run_id, c.nodes)
+            # Reading 100,000 inputs takes a while: tell the reconciler this launch is alive
+            # (it resumes launches that stopped moving for the publish grace period).
+            beat = partial(self.store.touch_launch, c.run_id, node.slug)
+            plans = iter_plans(node, reader.of(node, beat, HEARTBEAT_EVERY))
         for plan in repeated(node, plans):
             yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
 
@@ -321,77 +391,104 @@ class Orchestrator:
                 spec["err"] = str(exc)
         return spec
 
-    def _inputs_of(self, c: Compiled, dep: str, launching: str) -> list[Artifact]:
-        """A dependency's artifacts; a filtered passthrough node is looked through (§4.5)."""
-        dep_node = c.nodes[dep]
-        state = self.store.r.hget(self.store.keys.nodes(c.run_id), dep)
-        if dep_node.passthrough and state == NodeState.FILTERED.value:
-            out: list[Artifact] = []
-            for upstream in dep_node.depends_on:
-                out.extend(self._inputs_of(c, upstream, launching))
-            return out
-        if state != NodeState.COMPLETED.value:
-            return []
-        artifacts = []
-        for i, artifact in enumerate(self.store.iter_artifacts(c.run_id, dep), 1):
-            artifacts.append(artifact)
-            if i % HEARTBEAT_EVERY == 0:
-                # Reading 100,000 inputs takes a while: tell the reconciler this launch is alive
-                # (it resumes launches that stopped moving for the publish grace period).
-                self.store.touch_launch(c.run_id, launching)
-        return artifacts
-
     # -- settling -----------------------------------------------------------------------------
 
-    def advance(self, run_id: str) -> None:
-        """Settle what waits in the settle sets; claim and launch what became ready."""
-        store, k = self.store, self.store.keys
-        forward, backward = store.r.scard(k.settle(run_id)), store.r.scard(k.comp_settle(run_id))
-        if forward and self._advance_forward(run_id):
+    def advance(self, run_id: str, *, settling: str | None = None) -> None:
+        """Settle what waits in the settle sets; claim and launch what became ready.
+
+        ``settling``: the node ``finish_task`` or ``finish_launch`` just put in the settle
+        set. The set is then not counted first, and what deciding that node needs is read
+        with the lock (the usual case: it is the only node waiting).
+        """
+        backward = 0
+        if not settling:
+            forward, backward = self.store.settle_sizes(run_id)
+            if not forward and not backward:
+                return
+            if not forward:
+                rollback.advance(self, run_id)
+                return
+        drained, rolling_back = self._advance_forward(run_id, settling)
+        if drained:
             rollback.start(self, run_id)
-        if backward:
+        # Compensations settle only while a run rolls back: only then is their set looked at.
+        if backward or (rolling_back and self.store.settle_sizes(run_id)[1]):
             rollback.advance(self, run_id)
 
-    def _advance_forward(self, run_id: str) -> bool:
-        """Settle nodes whose tasks are done; True when a run rolling back has now drained."""
+    def _advance_forward(self, run_id: str, hint: str | None) -> tuple[bool, bool]:
+        """Settle nodes whose tasks are done. Returns (a run rolling back has now drained,
+        the run is rolling back)."""
         store = self.store
         c = self.compiled(run_id)
+        guess = [hint] if hint in c.nodes else []
         while True:
-            with store.lock(run_id):
-                pending = store.settle_pending(run_id)
+            # One round trip: the lock, the run (its version), the settle set and what
+            # deciding the node we expect to find there needs.
+            lock, run, pending, prefetched = store.lock_for_settle(
+                run_id, self._near_fields(c, guess), guess
+            )
+            try:
                 if not pending:
-                    return False
-                run = store.run(run_id)
+                    return False, run["status"] == RunState.ROLLING_BACK.value
                 version = int(run.get("version") or 0)
-                ops, decision, drained = self._decide(c, run, pending)
+                ops, decision, drained, known = self._decide(c, run, pending, prefetched)
                 if self.before_commit is not None:
                     self.before_commit(run_id)
-                if store.commit(run_id, version, ops) >= 0:
+                # The claimed nodes' completed dependencies are read with the commit: the
+                # launches that follow plan from them without another round trip.
+                deps = dict.fromkeys(d for s in decision.claimed for d in c.nodes[s].depends_on)
+                ahead = [d for d in deps if known.get(d) == NodeState.COMPLETED.value]
+                result, replies = store.commit_and_read(run_id, version, ops, lock, ahead)
+                if result >= 0:
                     break
+            finally:
+                lock.release()  # nothing to do when the commit released it
             log.info("run %s: state moved while deciding; deciding again", run_id)
         if decision.run_state is not None:
             log.info("run %s %s", run_id, decision.run_state.value)
             if decision.fail_fast:
                 subpipeline.stop_children(self, run_id)
-        for slug in decision.claimed:
-            self.launch(run_id, slug)
-        return drained
+        epoch = run.get("epoch") or ""
+        # The claimed nodes' dependencies were read and decided just now: their states are
+        # known, and nodes claimed together (a layer) share the artifacts they read.
+        inputs = Inputs(store, run_id, c.nodes, known)
+        inputs.replies.update(replies)
+        for i, slug in enumerate(decision.claimed):
+            inputs.keep(d for s in decision.claimed[i:] for d in c.nodes[s].depends_on)
+            self.launch(run_id, slug, epoch=epoch, fresh=True, inputs=inputs)
+        rolling_back = decision.run_state is RunState.ROLLING_BACK or (
+            decision.run_state is None and run["status"] == RunState.ROLLING_BACK.value
+        )
+        return drained, rolling_back
 
-    def _decide(
-        self, c: Compiled, run: Mapping[str, str], pending: set[str]
-    ) -> tuple[list[tuple[Any, ...]], Decision, bool]:
-        store, k = self.store, self.store.keys
-        # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
-        # skip cascades): the cost follows the work caused, not the size of the graph.
-        near = set(pending)
-        for slug in pending:
+    @staticmethod
+    def _near_fields(c: Compiled, settling: Iterable[str]) -> list[str]:
+        """The node-state fields deciding ``settling`` reads: the neighbourhood of those nodes
+        (their successors and the successors' other dependencies), states and wait counts."""
+        near = set(settling)
+        for slug in list(near):
             for succ in c.graph.successors[slug]:
                 near.add(succ)
                 near.update(c.graph.predecessors[succ])
-        raw = store.node_fields(c.run_id, [*near, *(f"{s}:wait" for s in near)])
+        return [*near, *(f"{s}:wait" for s in near)]
+
+    def _decide(
+        self,
+        c: Compiled,
+        run: Mapping[str, str],
+        pending: set[str],
+        prefetched: Prefetched | None = None,
+    ) -> tuple[list[tuple[Any, ...]], Decision, bool, dict[str, str]]:
+        """The commit ops, the decision, whether a rolling-back run drained, and the node
+        states as they will be after the commit (those read or decided)."""
+        store, k = self.store, self.store.keys
+        # Only the neighbourhood of the settling nodes is read (one HMGET, more only when a
+        # skip cascades): the cost follows the work caused, not the size of the graph.
+        raw, counters = store.decide_reads(
+            c.run_id, self._near_fields(c, pending), sorted(pending), prefetched
+        )
         states = LazyMap(raw, NodeState)
         waits = LazyMap(raw, int, suffix=":wait")
-        counters = store.node_counters(c.run_id, sorted(pending))
         outcomes = {
             s: NodeOutcome(
                 int(v.get("tasks", 0)),
@@ -453,7 +550,9 @@ class Orchestrator:
         elif decision.run_state is not None:
             ops += store.end_ops(c.run_id, decision.run_state, at, decision.error)
         drained = status is RunState.ROLLING_BACK and running <= 0
-        return ops, decision, drained
+        known = {s: v for s, v in raw.cache.items() if v is not None and ":" not in s}
+        known.update({s: st.value for s, st in decision.states.items()})
+        return ops, decision, drained, known
 
     def fail_fast(self, run_id: str, slug: str, error: str) -> None:
         """A task of a ``fail_run`` node failed for good: stop the run now, not when the node's
@@ -463,8 +562,8 @@ class Orchestrator:
         c = self.compiled(run_id)
         message = f"node {slug!r} failed: {error}"
         while True:
-            with store.lock(run_id):
-                run = store.run(run_id)
+            lock, run = store.lock_run(run_id)
+            try:
                 if run["status"] not in ACTIVE:
                     return
                 at = now()
@@ -481,10 +580,12 @@ class Orchestrator:
                     ]
                 else:
                     ops += store.end_ops(run_id, RunState.FAILED, at, message)
-                if store.commit(run_id, int(run.get("version") or 0), ops) >= 0:
+                if store.commit(run_id, int(run.get("version") or 0), ops, lock) >= 0:
                     log.info("run %s stopped: %s", run_id, message)
                     break
-        subpipeline.stop_children(self, run_id)
+            finally:
+                lock.release()
+        subpipeline.stop_children(self, run_id)  # they stop too, so the run drains
 
     def _first_error(self, run_id: str, slug: str, tasks: int) -> str:
         for index in range(min(tasks, 50)):

@@ -68,13 +68,16 @@ def _repair_run(orch: Orchestrator, run_id: str, cutoff: float, repairs: Repairs
         todo = [
             (first + i, attempt) for i, (state, attempt) in enumerate(states) if state == "queued"
         ]
+        confirm = store.published_commands(run_id, slug, first, last)
         if todo:
-            orch.publisher.publish(run_id, node, plugin, todo)
+            if orch.publisher.publish(run_id, node, plugin, todo, confirm):
+                confirm = []
             repairs.republished += len(todo)
             log.warning(
                 "reconciler: run %s node %s: republished %d task(s)", run_id, slug, len(todo)
             )
-        store.published(run_id, slug, first, last)
+        if confirm:
+            store.published(run_id, slug, first, last)
     for slug in store.stale_launches(run_id, cutoff):
         log.warning("reconciler: run %s node %s: resuming an interrupted launch", run_id, slug)
         store.r.zadd(store.keys.launching(run_id), {slug: now()})

@@ -111,14 +111,16 @@ def _commit(
     store = orch.store
     c = orch.compiled(run_id)
     while True:
-        with store.lock(run_id):
-            run = store.run(run_id)
+        lock, run = store.lock_run(run_id)  # one round trip for both
+        try:
             result = decide(c, run)
             if result is None:
                 return []
             ops, claimed = result
-            if store.commit(run_id, int(run.get("version") or 0), ops) >= 0:
+            if store.commit(run_id, int(run.get("version") or 0), ops, lock) >= 0:
                 return claimed
+        finally:
+            lock.release()  # nothing to do when the commit released it
 
 
 def start(orch: Orchestrator, run_id: str) -> None:

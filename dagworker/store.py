@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from dagworker.artifact import Artifact, artifact_id
 from dagworker.errors import RunNotFound, StoreError
@@ -28,6 +29,11 @@ INLINE_OUTPUTS = 200
 STAGE_CHUNK = 1_000
 STAGING_TTL_S = 86_400
 READ_CHUNK = 5_000
+#: At most this many arguments per merged commit op (Lua's unpack has a stack limit).
+MERGE_ARGS = 1_000
+#: begin_task.lua returns the inputs of a task whose spec is at most this long (a task reading
+#: a handful of artifacts; an aggregate over thousands reads them in pipelined chunks instead).
+BEGIN_INPUTS_SPEC_BYTES = 2_048
 
 
 def now() -> float:
@@ -93,12 +99,34 @@ class TaskBegin:
     spec: dict[str, Any]
     state: str
     epoch: str | None = None  # the run's input epoch, when the task may run
+    #: The task's input artifacts by id, when begin_task.lua read them (None: read them).
+    inputs: dict[str, Artifact] | None = None
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """Node-state fields and node counters read ahead, with the run lock (``decide_reads``)."""
+
+    fields: dict[str, str | None]
+    counters: dict[str, dict[str, str]]
 
 
 @dataclass(frozen=True)
 class TaskFinish:
     verdict: str  # recorded | duplicate | stale
     settle: bool
+
+
+def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
+    """One ``commit`` op (see commit.lua for the verbs) as a plain command on ``pipe``."""
+    if verb == "zadd":
+        pipe.zadd(key, {args[1]: args[0]})
+    elif verb == "del":
+        pipe.delete(key)
+    elif verb in ("hset", "hdel", "hincrby", "sadd", "srem", "zrem", "rpush"):
+        pipe.execute_command(verb.upper(), key, *args)
+    else:
+        raise StoreError(f"unknown commit verb {verb!r}")
 
 
 def connect(url: str) -> redis.Redis:
@@ -126,6 +154,7 @@ class Store:
                 "finish_comp_launch",
                 "begin_compensation",
                 "finish_compensation",
+                "read_outputs",
             )
         }
 
@@ -141,8 +170,15 @@ class Store:
         record: Mapping[str, Any],
         pipeline_json: str,
         waits: Mapping[str, int],
+        events: Sequence[Mapping[str, Any]] = (),
+        ops: Sequence[tuple[Any, ...]] = (),
     ) -> None:
-        """Write a new run with all nodes pending; refuses to overwrite an existing run id."""
+        """Write a new run with all nodes pending; refuses to overwrite an existing run id.
+
+        ``events`` are appended after the "pending" one, and ``ops`` (``commit`` ops, e.g. the
+        roots' claims) applied, in the same transaction: with ops the run starts at version 1,
+        as if they had been committed on the new run.
+        """
         k = self.keys
         if not self.r.hsetnx(k.run(run_id), "id", run_id):
             raise StoreError(f"run {run_id!r} already exists")
@@ -151,12 +187,18 @@ class Store:
             nodes[slug] = "pending"
             nodes[f"{slug}:wait"] = wait
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(k.run(run_id), mapping={**record, "version": 0})
+        pipe.hset(k.run(run_id), mapping={**record, "version": 1 if ops else 0})
         pipe.set(k.pipeline(run_id), pipeline_json)
         pipe.hset(k.nodes(run_id), mapping=nodes)
         pipe.zadd(k.runs_active, {run_id: record["created_at"]})
         pipe.zadd(k.runs_all, {run_id: record["created_at"]})
-        pipe.rpush(k.events(run_id), json.dumps({"at": record["created_at"], "status": "pending"}))
+        pipe.rpush(
+            k.events(run_id),
+            json.dumps({"at": record["created_at"], "status": "pending"}),
+            *(json.dumps(dict(e)) for e in events),
+        )
+        for key, verb, *args in ops:
+            _queue_op(pipe, key, verb, *args)
         pipe.execute()
 
     def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> int:
@@ -191,6 +233,16 @@ class Store:
         if not data:
             raise RunNotFound(run_id)
         return data
+
+    def run_and_pipeline(self, run_id: str) -> tuple[dict[str, str], str]:
+        """The run hash and its pipeline JSON, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.get(self.keys.pipeline(run_id))
+        run, text = pipe.execute()
+        if not run or text is None:
+            raise RunNotFound(run_id)
+        return run, text
 
     def pipeline_json(self, run_id: str) -> str:
         text: str | None = self.r.get(self.keys.pipeline(run_id))
@@ -228,6 +280,85 @@ class Store:
     def lock(self, run_id: str) -> RunLock:
         return RunLock(self.r, self.keys.lock(run_id), self.settings.lock_timeout)
 
+    def lock_run(self, run_id: str) -> tuple[RunLock, dict[str, str]]:
+        """Take the run lock and read the run hash in the same round trip.
+
+        The caller must release the lock (``commit(..., lock)`` does on success).
+        """
+        lock = self.lock(run_id)
+        (run,) = lock.acquire(lambda pipe: pipe.hgetall(self.keys.run(run_id)))
+        if not run:
+            lock.release()
+            raise RunNotFound(run_id)
+        return lock, run
+
+    def lock_for_settle(
+        self, run_id: str, fields: Sequence[str] = (), slugs: Sequence[str] = ()
+    ) -> tuple[RunLock, dict[str, str], set[str], Prefetched]:
+        """Take the run lock; read the run, the settle set and, when the caller can guess what
+        it will settle, ``decide_reads(fields, slugs)`` in the same round trip.
+
+        The run (with its version) is read before everything else: a stale orchestrator's
+        commit landing after it moves the version, so state read after its commit can never be
+        committed against (commit.lua refuses).
+        """
+        lock = self.lock(run_id)
+        k = self.keys
+        wanted = list(dict.fromkeys(fields))
+
+        def reads(pipe: Any) -> None:
+            pipe.hgetall(k.run(run_id))
+            pipe.smembers(k.settle(run_id))
+            if wanted:
+                pipe.hmget(k.nodes(run_id), wanted)
+            for slug in slugs:
+                pipe.hgetall(k.node(run_id, slug))
+
+        run, pending, *rest = lock.acquire(reads)
+        if not run:
+            lock.release()
+            raise RunNotFound(run_id)
+        values = rest.pop(0) if wanted else []
+        prefetched = Prefetched(
+            dict(zip(wanted, values, strict=True)), dict(zip(slugs, rest, strict=True))
+        )
+        return lock, run, set(pending), prefetched
+
+    def settle_sizes(self, run_id: str) -> tuple[int, int]:
+        """Sizes of the settle and compensation settle sets, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.scard(self.keys.settle(run_id))
+        pipe.scard(self.keys.comp_settle(run_id))
+        forward, backward = pipe.execute()
+        return int(forward), int(backward)
+
+    def decide_reads(
+        self,
+        run_id: str,
+        prefetch: Sequence[str],
+        slugs: Sequence[str],
+        have: Prefetched | None = None,
+    ) -> tuple[_HashFields, dict[str, dict[str, str]]]:
+        """Node-state fields (``node_fields``) and node counters (``node_counters``) in one
+        pipelined round trip, none when ``have`` (read with the lock) holds them all."""
+        have = have or Prefetched({}, {})
+        wanted = [f for f in dict.fromkeys(prefetch) if f not in have.fields]
+        missing = [s for s in slugs if s not in have.counters]
+        fields = _HashFields(self.r, self.keys.nodes(run_id), [])
+        fields.cache.update(have.fields)
+        counters = {s: have.counters[s] for s in slugs if s in have.counters}
+        if wanted or missing:
+            pipe = self.r.pipeline(transaction=False)
+            if wanted:
+                pipe.hmget(self.keys.nodes(run_id), wanted)
+            for slug in missing:
+                pipe.hgetall(self.keys.node(run_id, slug))
+            replies = pipe.execute()
+            values = replies.pop(0) if wanted else []
+            fields.cache.update(zip(wanted, values, strict=True))
+            counters.update(zip(missing, replies, strict=True))
+        return fields, {s: counters[s] for s in slugs}
+
     @staticmethod
     def event_json(at: float, status: RunState, error: str | None = None) -> str:
         return json.dumps({"at": at, "status": status.value, "error": error})
@@ -246,52 +377,135 @@ class Store:
             (k.events(run_id), "rpush", self.event_json(at, state, error)),
         ]
 
-    def commit(self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]]) -> int:
-        """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale."""
-        keys = [self.keys.run(run_id)]
+    def commit(
+        self,
+        run_id: str,
+        version: int,
+        ops: Sequence[tuple[Any, ...]],
+        lock: RunLock | None = None,
+    ) -> int:
+        """Apply ops (``(key, verb, *args)``) iff the run's version is unchanged; -1 if stale.
+
+        With ``lock``, a successful commit releases it in the same script.
+        """
+        return self.commit_and_read(run_id, version, ops, lock)[0]
+
+    def commit_and_read(
+        self,
+        run_id: str,
+        version: int,
+        ops: Sequence[tuple[Any, ...]],
+        lock: RunLock | None = None,
+        read: Sequence[str] = (),
+    ) -> tuple[int, dict[str, Any]]:
+        """``commit``, with the artifacts of the nodes ``read`` read in the same round trip
+        (``read_outputs.lua`` replies, for ``read_artifacts(..., replies=)``; committed
+        artifacts never change, so reading them after the commit is reading them later)."""
+        keys, args = self._commit_args(run_id, version, ops, lock)
+        calls = [("commit", keys, args), *(self._read_outputs_call(run_id, s) for s in read)]
+        replies = self._eval_pipeline(calls)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        result = int(replies[0])
+        if lock is not None and result >= 0:
+            lock.released_by_commit()
+        # A read that failed (a script the server lost meanwhile) is simply read again later.
+        reads = {
+            s: r for s, r in zip(read, replies[1:], strict=True) if not isinstance(r, Exception)
+        }
+        return result, reads
+
+    def _commit_args(
+        self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]], lock: RunLock | None
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self.keys.run(run_id), self.keys.lock(run_id)]
         positions: dict[str, int] = {keys[0]: 1}
-        encoded = []
+        encoded: list[list[Any]] = []
+        # HSETs (SREMs) of one key become one command, as long as no other verb on that key
+        # comes in between (so the order of writes to a key is kept).
+        open_ops: dict[str, list[Any]] = {}
         for key, verb, *args in ops:
             if key not in positions:
                 keys.append(key)
                 positions[key] = len(keys)
-            encoded.append([positions[key], verb, *args])
-        result = self._scripts["commit"](keys=keys, args=[version, json.dumps(encoded)])
-        return int(result)
+            current = open_ops.get(key)
+            if current is not None and current[1] == verb and len(current) < MERGE_ARGS:
+                current.extend(args)
+                continue
+            op = [positions[key], verb, *args]
+            encoded.append(op)
+            if verb in ("hset", "srem"):
+                open_ops[key] = op
+            else:
+                open_ops.pop(key, None)
+        token = lock.token if lock is not None else ""
+        return keys, [version, json.dumps(encoded), token]
+
+    def _eval_pipeline(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run scripts ``(name, keys, args)`` in one pipelined round trip; replies in order,
+        errors as exception objects.
+
+        EVALSHA directly: redis-py's pipelined Script objects would first ask SCRIPT EXISTS (a
+        round trip more each time). When the server lost the first call's script (a restart,
+        SCRIPT FLUSH), that call did not run: the scripts are loaded and everything is sent
+        again (the calls after the first only read).
+        """
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            if attempt == 1 and isinstance(replies[0], NoScriptError):
+                for name in {name for name, _, _ in calls}:
+                    self._scripts[name].sha = self.r.script_load(self._scripts[name].script)
+                continue
+            return replies
+        raise AssertionError("unreachable")
 
     # -- launching ------------------------------------------------------------------------------
 
     def launch_batch(
-        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float
-    ) -> bool:
+        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float, final: bool
+    ) -> tuple[bool, int, bool]:
+        """Persist a batch (``launch_batch.lua``); ``final`` also closes the launch.
+
+        Returns (applied, the node's cursor after it, the node is ready to settle).
+        """
         k = self.keys
         member = f"{slug}|{first}|{first + len(specs) - 1}"
         task_keys = [k.task(run_id, slug, first + i) for i in range(len(specs))]
-        applied = self._scripts["launch_batch"](
+        applied, cursor, ready = self._scripts["launch_batch"](
             keys=[
                 k.node(run_id, slug),
                 k.outbox(run_id),
                 k.run(run_id),
                 k.launching(run_id),
+                k.settle(run_id),
                 *task_keys,
             ],
-            args=[first, at, member, slug, *specs],
+            args=[first, at, member, slug, "1" if final else "0", *specs],
         )
-        return bool(applied)
+        return bool(applied), int(cursor), bool(ready)
 
     def touch_launch(self, run_id: str, slug: str) -> None:
         """Mark a launch in progress as alive (XX: never re-add one that has finished)."""
         self.r.zadd(self.keys.launching(run_id), {slug: now()}, xx=True)
 
+    def published_commands(self, run_id: str, slug: str, first: int, last: int) -> list[list[str]]:
+        """The Redis commands that confirm an outbox batch as sent (``published``)."""
+        return [["ZREM", self.keys.outbox(run_id), f"{slug}|{first}|{last}"]]
+
     def published(self, run_id: str, slug: str, first: int, last: int) -> None:
-        self.r.zrem(self.keys.outbox(run_id), f"{slug}|{first}|{last}")
+        for command in self.published_commands(run_id, slug, first, last):
+            self.r.execute_command(*command)
 
     def finish_launch(self, run_id: str, slug: str, total: int) -> bool:
         k = self.keys
         ready = self._scripts["finish_launch"](
-            keys=[k.node(run_id, slug), k.settle(run_id)], args=[slug, total]
+            keys=[k.node(run_id, slug), k.settle(run_id), k.launching(run_id)], args=[slug, total]
         )
-        self.r.zrem(k.launching(run_id), slug)
         return bool(ready)
 
     def fail_launch(self, run_id: str, slug: str, error: str) -> bool:
@@ -325,10 +539,22 @@ class Store:
         self, run_id: str, slug: str, index: int, attempt: int, worker: str
     ) -> TaskBegin:
         k = self.keys
-        verdict, spec, state, *epoch = self._scripts["begin_task"](
-            keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
+        verdict, spec, state, *rest = self._scripts["begin_task"](
+            keys=[k.run(run_id), k.task(run_id, slug, index)],
+            args=[attempt, now(), worker, k.outputs_prefix(run_id), BEGIN_INPUTS_SPEC_BYTES],
         )
-        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, *epoch[:1])
+        if verdict != "run":
+            return TaskBegin(verdict, {}, state)
+        epoch, fetched, *pairs = rest
+        inputs: dict[str, Artifact] | None = None
+        if int(fetched):
+            inputs = {}
+            for aid, raw in zip(pairs[::2], pairs[1::2], strict=True):
+                node, task_s, k_s = aid.rsplit(":", 2)
+                if raw is None:
+                    raise StoreError(f"artifact {aid} of run {run_id!r} is missing")
+                inputs[aid] = decode_artifact(node, int(task_s), int(k_s), raw)
+        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, epoch, inputs)
 
     def record_cache_hit(self, run_id: str, slug: str, index: int) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -489,12 +715,70 @@ class Store:
         a task with very many outputs is streamed in chunks, so memory stays bounded either way.
         """
         counts = self.r.hgetall(self.keys.counts(run_id, slug))
-        batch: list[tuple[int, int]] = []
+        return self._iter_outputs(run_id, self._output_plan(slug, counts))
+
+    def read_artifacts(
+        self,
+        run_id: str,
+        slugs: Sequence[str],
+        heartbeat: Callable[[], None] | None = None,
+        every: int = READ_CHUNK,
+        replies: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[Artifact]]:
+        """The artifacts of several nodes (as ``iter_artifacts``), in one pipelined round trip
+        of ``read_outputs.lua`` (one per node) when each has at most READ_CHUNK; the outputs of
+        larger nodes follow in pipelined chunks, ``heartbeat`` called every ``every`` of them.
+        ``replies``: ``read_outputs.lua`` replies already read (``commit_and_read``)."""
+        have = dict(replies or {})
+        todo = [s for s in slugs if s not in have]
+        if todo:
+            calls = [self._read_outputs_call(run_id, s) for s in todo]
+            for slug, reply in zip(todo, self._eval_pipeline(calls), strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                have[slug] = reply
+        out: dict[str, list[Artifact]] = {slug: [] for slug in slugs}
+        plan: list[tuple[str, int, int]] = []
+        read = 0
+        for slug in slugs:
+            inline, *flat = have[slug]
+            if int(inline):
+                for index_s, raw in sorted(
+                    zip(flat[::2], flat[1::2], strict=True), key=lambda p: int(p[0])
+                ):
+                    index = int(index_s)
+                    out[slug].extend(decode_artifact(slug, index, k, v) for k, v in enumerate(raw))
+                    read += len(raw)
+            else:
+                counts = dict(zip(flat[::2], flat[1::2], strict=True))
+                plan += self._output_plan(slug, counts)
+        for i, artifact in enumerate(self._iter_outputs(run_id, plan), read + 1):
+            out[artifact.node].append(artifact)
+            if heartbeat is not None and i % every == 0:
+                heartbeat()
+        return out
+
+    def _read_outputs_call(self, run_id: str, slug: str) -> tuple[str, list[str], list[Any]]:
+        return (
+            "read_outputs",
+            [self.keys.counts(run_id, slug)],
+            [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
+        )
+
+    @staticmethod
+    def _output_plan(slug: str, counts: Mapping[str, str]) -> list[tuple[str, int, int]]:
+        """``(slug, task index, outputs)`` in task order; tasks without outputs left out."""
+        tasks = sorted(int(i) for i in counts)
+        return [(slug, index, n) for index in tasks if (n := int(counts[str(index)])) > 0]
+
+    def _iter_outputs(
+        self, run_id: str, plan: Sequence[tuple[str, int, int]]
+    ) -> Iterator[Artifact]:
+        batch: list[tuple[str, int, int]] = []
         size = 0
-        for index in sorted(int(i) for i in counts):
-            n = int(counts[str(index)])
+        for slug, index, n in plan:
             if n > READ_CHUNK:
-                yield from self._read_outputs(run_id, slug, batch)
+                yield from self._read_outputs(run_id, batch)
                 batch, size = [], 0
                 key = self.keys.outputs(run_id, slug, index)
                 for start in range(0, n, READ_CHUNK):
@@ -502,23 +786,23 @@ class Store:
                     for offset, item in enumerate(raw):
                         yield decode_artifact(slug, index, start + offset, item)
                 continue
-            batch.append((index, n))
+            batch.append((slug, index, n))
             size += n
             if size >= READ_CHUNK:
-                yield from self._read_outputs(run_id, slug, batch)
+                yield from self._read_outputs(run_id, batch)
                 batch, size = [], 0
-        yield from self._read_outputs(run_id, slug, batch)
+        yield from self._read_outputs(run_id, batch)
 
     def _read_outputs(
-        self, run_id: str, slug: str, tasks: Sequence[tuple[int, int]]
+        self, run_id: str, tasks: Sequence[tuple[str, int, int]]
     ) -> Iterator[Artifact]:
         """The outputs of several tasks in one pipelined round trip."""
         if not tasks:
             return
         pipe = self.r.pipeline(transaction=False)
-        for index, n in tasks:
+        for slug, index, n in tasks:
             pipe.lrange(self.keys.outputs(run_id, slug, index), 0, n - 1)
-        for (index, _), raw in zip(tasks, pipe.execute(), strict=True):
+        for (slug, index, _), raw in zip(tasks, pipe.execute(), strict=True):
             for k, item in enumerate(raw):
                 yield decode_artifact(slug, index, k, item)
 
@@ -590,9 +874,9 @@ class Store:
     def finish_comp_launch(self, run_id: str, slug: str) -> bool:
         k = self.keys
         ready = self._scripts["finish_comp_launch"](
-            keys=[k.node(run_id, slug), k.comp_settle(run_id)], args=[slug]
+            keys=[k.node(run_id, slug), k.comp_settle(run_id), k.comp_launching(run_id)],
+            args=[slug],
         )
-        self.r.zrem(k.comp_launching(run_id), slug)
         return bool(ready)
 
     def begin_compensation(

@@ -3,8 +3,9 @@
 Reliability settings (DESIGN §6): JSON only; ``acks_late`` with reject-on-worker-lost so a task
 whose worker dies is redelivered; prefetch 1 so a dying worker holds at most one message; a
 visibility timeout above the longest time limit (a message not acknowledged within it is
-redelivered, so a shorter one duplicates long tasks); events on for Flower; no result backend
-(dagworker's own state in Redis is the record).
+redelivered, so a shorter one duplicates long tasks); events on for Flower
+(``DAGWORKER_TASK_EVENTS=0`` turns them off); no result backend (dagworker's own state in Redis
+is the record).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_mutex_expire": min(300, max(5, int(settings.visibility_timeout / 10))),
         },
         "broker_connection_retry_on_startup": True,
-        "worker_send_task_events": True,
+        # Flower needs them (the default); DAGWORKER_TASK_EVENTS=0 turns them off.
+        "worker_send_task_events": settings.task_events,
         # "task-sent" events would double the cost of every publish (one PUBLISH per
         # message); Flower shows tasks from the workers' received/started/succeeded events.
         "task_send_sent_event": False,
@@ -158,9 +160,9 @@ app = create_app(settings)
 class MeasuredOrchestrator(Orchestrator):
     """The worker's orchestrator: times each pass for ``dagworker_orchestration_seconds``."""
 
-    def advance(self, run_id: str) -> None:
+    def advance(self, run_id: str, *, settling: str | None = None) -> None:
         with recorder.orchestrating():
-            super().advance(run_id)
+            super().advance(run_id, settling=settling)
 
 
 @cache
@@ -168,7 +170,9 @@ def orchestrator() -> Orchestrator:
     """This process's orchestrator (one Redis pool, one run cache), built on first use."""
     store = Store.from_settings(settings)
     recorder.bind(store.r, store.keys.metrics)
-    return MeasuredOrchestrator(store, CeleryPublisher(app, settings.default_queue), registry)
+    return MeasuredOrchestrator(
+        store, CeleryPublisher.for_settings(app, settings, store.r), registry
+    )
 
 
 @cache

@@ -2,15 +2,25 @@
 -- a message for an attempt that is already finished (redelivery after the worker crashed past
 -- the completion) or superseded (a later attempt exists) must not run the plugin again.
 --
+-- A task that may run also gets its input artifacts back, when its spec is small: they are
+-- immutable once committed (finish_task.lua writes a task's outputs once) and live under the
+-- run's hash tag, so reading them here is the read the worker would do next, one round trip
+-- less per task. Their keys are built from the artifact ids and ARGV[4] (keys.py's outputs
+-- prefix of this run), so they are in the same slot as KEYS.
+--
 -- KEYS[1] run hash    KEYS[2] task hash
 -- ARGV[1] attempt     ARGV[2] now    ARGV[3] worker host
--- returns {verdict, spec, state, epoch}; verdict: run | finished | stale | inactive | missing;
---         epoch: the run's input epoch (a retry with a new input bumps it: caches reload)
-local state = redis.call('HGET', KEYS[2], 'state')
+-- ARGV[4] this run's outputs key prefix   ARGV[5] largest spec (bytes) whose inputs are read
+-- returns {verdict, spec, state, epoch, fetched, id1, artifact1, id2, artifact2, ...};
+--         verdict: run | finished | stale | inactive | missing; epoch: the run's input epoch
+--         (a retry with a new input bumps it: caches reload); fetched: 1 when the inputs
+--         follow (an artifact is false when missing), 0 when the caller reads them itself
+local task = redis.call('HMGET', KEYS[2], 'state', 'attempt', 'spec', 'deliveries')
+local state = task[1]
 if not state then
   return {'missing', '', ''}
 end
-local attempt = tonumber(redis.call('HGET', KEYS[2], 'attempt'))
+local attempt = tonumber(task[2])
 local asked = tonumber(ARGV[1])
 if asked < attempt then
   return {'stale', '', state}
@@ -18,12 +28,26 @@ end
 if state == 'completed' or state == 'failed' or state == 'cancelled' or state == 'compensated' then
   return {'finished', '', state}
 end
-local status = redis.call('HGET', KEYS[1], 'status')
+local run = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+local status = run[1]
 if status ~= 'running' and status ~= 'paused' then
   return {'inactive', '', status or ''}
 end
-local spec = redis.call('HGET', KEYS[2], 'spec')
+local spec = task[3]
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
-           'attempt', asked)
-redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
-return {'run', spec, state, redis.call('HGET', KEYS[1], 'epoch') or ''}
+           'attempt', asked, 'deliveries', tonumber(task[4] or '0') + 1)
+local out = {'run', spec, state, run[2] or '', 0}
+if spec and #spec <= tonumber(ARGV[5]) then
+  local decoded = cjson.decode(spec)
+  out[5] = 1
+  if type(decoded['in']) == 'table' then
+    for _, ids in pairs(decoded['in']) do
+      for _, id in ipairs(ids) do
+        local node, index, k = string.match(id, '^(.*):(%d+):(%d+)$')
+        out[#out + 1] = id
+        out[#out + 1] = redis.call('LINDEX', ARGV[4] .. node .. ':' .. index, tonumber(k))
+      end
+    end
+  end
+end
+return out

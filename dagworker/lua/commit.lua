@@ -2,12 +2,17 @@
 -- Closes the stale-orchestrator race: an orchestrator whose lock expired while it computed
 -- finds the version moved on and writes nothing (DESIGN §6 "commits are version-checked").
 --
--- KEYS[1]   run hash (holds the "version" fence)
--- KEYS[2..] every other key an op names, by position (all share the run's hash tag)
+-- A successful commit also releases the caller's run lock (compare-and-delete, like lock.py:
+-- a lock that expired and was taken by another orchestrator is not touched), one round trip
+-- less per settle. A refused commit keeps it: the caller reads again under it.
+--
+-- KEYS[1]   run hash (holds the "version" fence)   KEYS[2] the run lock
+-- KEYS[3..] every other key an op names, by position (all share the run's hash tag)
 -- ARGV[1]   the version the caller read
--- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value | hdel field |
---           hincrby field n | sadd member | srem member | zadd score member | zrem member |
---           rpush value | del
+-- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value [field value
+--           ...] | hdel field | hincrby field n | sadd member | srem member [member ...] |
+--           zadd score member | zrem member | rpush value | del
+-- ARGV[3]   the caller's lock token, '' when it holds no lock
 -- returns   the new version, or -1 when the run changed (nothing written)
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -17,16 +22,19 @@ local ops = cjson.decode(ARGV[2])
 for _, op in ipairs(ops) do
   local key = KEYS[op[1]]
   local verb = op[2]
-  if verb == 'hset' then redis.call('HSET', key, op[3], op[4])
+  if verb == 'hset' then redis.call('HSET', key, unpack(op, 3))
   elseif verb == 'hdel' then redis.call('HDEL', key, op[3])
   elseif verb == 'hincrby' then redis.call('HINCRBY', key, op[3], op[4])
   elseif verb == 'sadd' then redis.call('SADD', key, op[3])
-  elseif verb == 'srem' then redis.call('SREM', key, op[3])
+  elseif verb == 'srem' then redis.call('SREM', key, unpack(op, 3))
   elseif verb == 'zadd' then redis.call('ZADD', key, op[3], op[4])
   elseif verb == 'zrem' then redis.call('ZREM', key, op[3])
   elseif verb == 'rpush' then redis.call('RPUSH', key, op[3])
   elseif verb == 'del' then redis.call('DEL', key)
   else return redis.error_reply('commit.lua: unknown verb ' .. tostring(verb))
   end
+end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
 end
 return redis.call('HINCRBY', KEYS[1], 'version', 1)

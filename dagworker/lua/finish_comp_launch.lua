@@ -2,9 +2,12 @@
 -- and the last compensation's completion runs second sees both and asks for the node to be
 -- settled, so it is asked for exactly once even when they race.
 --
--- KEYS[1] node hash   KEYS[2] compensation settle set
+-- The node leaves the compensation launching set in the same step.
+--
+-- KEYS[1] node hash   KEYS[2] compensation settle set   KEYS[3] compensation launching zset
 -- ARGV[1] slug
 -- returns 1 when the node's compensations are all finished, 0 otherwise
+redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'rb_launched') == '1' then
   return 0
 end

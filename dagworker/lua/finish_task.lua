@@ -11,8 +11,10 @@
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
 -- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[10..] are them
 -- returns {verdict, settle}; verdict: recorded | duplicate | stale
-local state = redis.call('HGET', KEYS[3], 'state')
-local attempt = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '0')
+-- (Fields are read and written with one HMGET / HSET per hash: every redis.call costs.)
+local task = redis.call('HMGET', KEYS[3], 'state', 'attempt', 'started_at', 'worker')
+local state = task[1]
+local attempt = tonumber(task[2] or '0')
 if state == 'completed' or state == 'failed' or state == 'cancelled' or state == 'compensated'
     or tonumber(ARGV[1]) ~= attempt then
   redis.call('DEL', KEYS[6])
@@ -35,29 +37,30 @@ else
   redis.call('DEL', KEYS[6])
   n_out = 0
 end
-redis.call('HSET', KEYS[3], 'state', outcome, 'finished_at', ARGV[3], 'outputs', n_out)
+local fields = {'state', outcome, 'finished_at', ARGV[3], 'outputs', n_out}
+if ARGV[7] ~= '' then
+  fields[7], fields[8], fields[9], fields[10] = 'error', ARGV[7], 'traceback', ARGV[8]
+end
+redis.call('HSET', KEYS[3], unpack(fields))
 -- The task hash describes the last attempt; earlier attempts (retries) are in the history
 -- list, which this completes. A task that succeeded first time needs no list: one key less
 -- per task in a 100,000-task fan-out.
 if attempt > 1 then
   redis.call('RPUSH', KEYS[8], cjson.encode({
     attempt = attempt, state = outcome, error = ARGV[7], outputs = n_out,
-    started_at = tonumber(redis.call('HGET', KEYS[3], 'started_at')),
-    finished_at = tonumber(ARGV[3]), worker = redis.call('HGET', KEYS[3], 'worker'),
+    started_at = tonumber(task[3]), finished_at = tonumber(ARGV[3]), worker = task[4],
   }))
-end
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[3], 'error', ARGV[7], 'traceback', ARGV[8])
 end
 if outcome == 'failed' or attempt > 1 then
   redis.call('ZADD', KEYS[9], 'NX', ARGV[3], ARGV[4])
 end
-redis.call('HINCRBY', KEYS[2], outcome, 1)
-local done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+-- The node's counters: read once, written once (this script is atomic, like HINCRBY).
+local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks', 'done', outcome)
+local done = tonumber(node[3] or '0') + 1
+redis.call('HSET', KEYS[2], 'done', done, outcome, tonumber(node[4] or '0') + 1)
 redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
 local settle = 0
-if redis.call('HGET', KEYS[2], 'launched') == '1'
-    and done >= tonumber(redis.call('HGET', KEYS[2], 'tasks')) then
+if node[1] == '1' and done >= tonumber(node[2]) then
   redis.call('SADD', KEYS[7], ARGV[5])
   settle = 1
 end

@@ -4,24 +4,45 @@
 -- task twice. Tasks are persisted before their messages are sent; the outbox entry is removed
 -- once they are sent, and the reconciler republishes entries that stay too long.
 --
+-- The last batch of a launch also closes the launch (what finish_launch.lua does otherwise), in
+-- the same step: the node is marked launched and leaves the launching set. That is safe before
+-- its messages are sent because every task of the node is then persisted and the batch is in
+-- the outbox: a crash before the publish is repaired from the outbox, not by a relaunch.
+--
 -- KEYS[1]  node hash     KEYS[2] outbox zset     KEYS[3] run hash    KEYS[4] launching zset
--- KEYS[5..] the task hashes of the batch, in index order
+-- KEYS[5]  run "settle" set
+-- KEYS[6..] the task hashes of the batch, in index order
 -- ARGV[1]  first index   ARGV[2] now   ARGV[3] outbox member   ARGV[4] slug
--- ARGV[5..] per task: spec JSON (same order as KEYS[5..])
--- returns  1 when applied, 0 when this batch was already persisted
-local cursor = tonumber(redis.call('HGET', KEYS[1], 'tasks') or '0')
+-- ARGV[5]  1 when this is the launch's last batch, else 0
+-- ARGV[6..] per task: spec JSON (same order as KEYS[6..])
+-- returns  {applied, cursor, ready}: applied 1 when persisted, 0 when this batch already was
+--          (cursor is then the node's cursor, for the caller to resume from); ready 1 when a
+--          closing batch found every task done (the node is in the settle set)
+local node = redis.call('HMGET', KEYS[1], 'tasks', 'done')
+local cursor = tonumber(node[1] or '0')
 local first = tonumber(ARGV[1])
 if cursor ~= first then
-  return 0
+  return {0, cursor, 0}
 end
-local n = #KEYS - 4
+local n = #KEYS - 5
 for i = 1, n do
-  redis.call('HSET', KEYS[4 + i], 'state', 'queued', 'attempt', 1, 'spec', ARGV[4 + i],
+  redis.call('HSET', KEYS[5 + i], 'state', 'queued', 'attempt', 1, 'spec', ARGV[5 + i],
              'queued_at', ARGV[2])
 end
--- The launch is alive: the reconciler resumes only launches that stopped moving.
-redis.call('ZADD', KEYS[4], 'XX', ARGV[2], ARGV[4])
-redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'tasks_total', n)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
+local ready = 0
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2], 'launched', 1)
+  redis.call('ZREM', KEYS[4], ARGV[4])
+  -- done is not moved by this script: the value read above is current
+  if tonumber(node[2] or '0') >= first + n then
+    redis.call('SADD', KEYS[5], ARGV[4])
+    ready = 1
+  end
+else
+  redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2])
+  -- The launch is alive: the reconciler resumes only launches that stopped moving.
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[2], ARGV[4])
+end
+return {1, first + n, ready}

@@ -140,3 +140,18 @@ def test_settings_from_env_and_bad_values() -> None:
         Settings.from_env({"DAGWORKER_LOCK_TIMEOUT": "soon"})
     with pytest.raises(ConfigError, match="DAGWORKER_KEY_PREFIX"):
         Settings.from_env({"DAGWORKER_KEY_PREFIX": "has space"})
+
+
+def test_task_events_setting() -> None:
+    from dagworker.worker import celery_config
+
+    # Given the default, then the setting turned off in its accepted spellings
+    assert Settings.from_env({}).task_events is True
+    assert celery_config(Settings.from_env({}))["worker_send_task_events"] is True
+    for off in ("0", "false", "No", "off"):
+        settings = Settings.from_env({"DAGWORKER_TASK_EVENTS": off})
+        assert settings.task_events is False
+        assert celery_config(settings)["worker_send_task_events"] is False
+    # Then anything else is refused, naming the variable
+    with pytest.raises(ConfigError, match="DAGWORKER_TASK_EVENTS"):
+        Settings.from_env({"DAGWORKER_TASK_EVENTS": "maybe"})
