@@ -144,7 +144,21 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
             cache.save(store.r, key, fields, node.cache.ttl_s)
     except Exception as exc:  # a failing plugin fails its task, never the worker
         return _failed(orch, c, node, plugin, index, attempt, exc)
-    finish = store.finish_task(
+    return _completed(orch, run_id, slug, index, attempt, (encoded, staged, count), cached)
+
+
+def _completed(
+    orch: Orchestrator,
+    run_id: str,
+    slug: str,
+    index: int,
+    attempt: int,
+    outputs: tuple[list[str], str | None, int],
+    cached: list[dict[str, Any]] | None = None,
+) -> str:
+    """Record a completed attempt with its outputs (inline or staged), then orchestrate."""
+    encoded, staged, count = outputs
+    finish = orch.store.finish_task(
         run_id,
         slug,
         index,
@@ -156,7 +170,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
     )
     crash_point("after_finish", slug)
     if cached is not None and finish.verdict == "recorded":
-        store.record_cache_hit(run_id, slug, index)
+        orch.store.record_cache_hit(run_id, slug, index)
     if finish.settle or finish.verdict == "duplicate":
         orch.advance(run_id, settling=slug if finish.settle else None)
     return "completed" if finish.verdict == "recorded" else finish.verdict
@@ -176,22 +190,10 @@ def finish_with_outputs(
     plugin = orch.registry.get(node.plugin)
     ctx = TaskContext(c.run_id, c.pipeline.name, node.slug, index, attempt)
     try:
-        encoded, staged, count = _run_plugin(orch, c, node, plugin, ctx, {}, spec, list(outputs))
+        produced = _run_plugin(orch, c, node, plugin, ctx, {}, spec, list(outputs))
     except Exception as exc:
         return _failed(orch, c, node, plugin, index, attempt, exc)
-    finish = orch.store.finish_task(
-        c.run_id,
-        node.slug,
-        index,
-        attempt,
-        "completed",
-        encoded_outputs=encoded,
-        staged_key=staged,
-        staged_count=count,
-    )
-    if finish.settle or finish.verdict == "duplicate":
-        orch.advance(c.run_id)
-    return "completed" if finish.verdict == "recorded" else finish.verdict
+    return _completed(orch, c.run_id, node.slug, index, attempt, produced)
 
 
 def fail_task(

@@ -75,13 +75,39 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.proc, timeout)
+
+
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A subprocess in its own process group (so it can be stopped with all its children)."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not exited within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def service(
+    cmd: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess for the length of the block, stopped by process group (Flower, beat)."""
+    proc = spawn(cmd, env, log_path)
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
 
 
 @dataclass
@@ -141,15 +167,7 @@ class Deployment:
             "-Q",
             queues or self.settings.default_queue,
         ]
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=self.env(**env_overrides),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = spawn(cmd, self.env(**env_overrides), log_path)
         worker = WorkerProcess(name, proc, log_path, self.redis, f"{self.prefix}:workers")
         self.workers.append(worker)
         if wait:
@@ -231,6 +249,29 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         yield deployment
     finally:
         deployment.close()
+
+
+#: Crash tests: a message whose worker died is redelivered within seconds, repairs are fast.
+CRASH_SETTINGS: dict[str, Any] = dict(
+    visibility_timeout=3.0, reconcile_interval=0.5, publish_grace=1.0, lock_timeout=2.0
+)
+
+
+@contextmanager
+def deployment(tmp: Path, **settings: Any) -> Iterator[Deployment]:
+    """A deployment for one test, closed (workers stopped by pid, keys deleted) afterwards."""
+    d = make_deployment(tmp, **settings)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def crashy(tmp_path: Path) -> Iterator[Deployment]:
+    """A fresh deployment with no workers and crash-test timings (CRASH_SETTINGS)."""
+    with deployment(tmp_path, **CRASH_SETTINGS) as d:
+        yield d
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 
 from dagworker import Client
 from dagworker.states import RunState
-from tests.conftest import Deployment, WorkerProcess, make_deployment
+from tests.conftest import CRASH_SETTINGS, Deployment, WorkerProcess, deployment
 
 pytestmark = pytest.mark.chaos
 
@@ -169,17 +169,8 @@ class Killer:
 
 @pytest.fixture
 def chaos(tmp_path: Path) -> Iterator[Deployment]:
-    d = make_deployment(
-        tmp_path,
-        visibility_timeout=VISIBILITY_S,
-        reconcile_interval=0.5,
-        publish_grace=1.0,
-        lock_timeout=2.0,
-    )
-    try:
+    with deployment(tmp_path, **{**CRASH_SETTINGS, "visibility_timeout": VISIBILITY_S}) as d:
         yield d
-    finally:
-        d.close()
 
 
 def _wait_all(client: Client, run_ids: list[str], deadline: float) -> dict[str, str]:

@@ -11,38 +11,13 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
 from dagworker.tasks import CeleryPublisher
 from dagworker.worker import create_app
-from tests.conftest import Deployment, make_deployment
+from tests.conftest import Deployment, make_deployment, wait_for
 
 WAIT = 90
-
-
-@pytest.fixture
-def crashy(tmp_path: Any) -> Any:
-    d = make_deployment(
-        tmp_path,
-        visibility_timeout=3.0,
-        reconcile_interval=0.5,
-        publish_grace=1.0,
-        lock_timeout=2.0,
-    )
-    try:
-        yield d
-    finally:
-        d.close()
-
-
-def wait_for(predicate: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 FAN = {

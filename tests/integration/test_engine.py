@@ -147,16 +147,12 @@ def test_completion_delivered_twice_dispatches_nothing_extra(
 
 
 def _wait_queue_empty(fleet: Deployment) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
     # The workers are solo and prefetch 1: once the queue is empty and every worker has
     # acknowledged (the unacked hash is empty), the redeliveries have been processed.
-    while time.monotonic() < deadline:
-        if fleet.queue_length() == 0 and not fleet.redis.hlen(f"{fleet.prefix}:kombu:unacked"):
-            return
-        time.sleep(0.05)
-    raise TimeoutError("queue did not drain")
+    wait_for(
+        lambda: fleet.queue_length() == 0 and not fleet.redis.hlen(f"{fleet.prefix}:kombu:unacked"),
+        30,
+    )
 
 
 def test_failing_plugin_fails_its_task_not_the_worker(client: Client, fleet: Deployment) -> None:

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.conftest import ROOT, Deployment
+from tests.conftest import Deployment, service
 
 WAIT = 120
 T = TypeVar("T")
@@ -47,27 +43,6 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
             return last
         time.sleep(0.1)
     raise AssertionError(f"{what}: still not there after {timeout}s (last: {last!r})")
-
-
-@contextmanager
-def service(
-    cmd: list[str], env: dict[str, str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A subprocess in its own process group, stopped (SIGTERM, then SIGKILL) by group id."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:

@@ -24,7 +24,7 @@ import redis
 from dagworker import Client, PipelineError, Settings
 from dagworker.errors import RunNotFound
 from dagworker.worker import create_app
-from tests.conftest import ROOT, TEST_PLUGINS, Deployment, make_deployment
+from tests.conftest import ROOT, TEST_PLUGINS, Deployment, make_deployment, wait_for
 
 WAIT = 120
 
@@ -241,10 +241,7 @@ def test_pickle_message_is_refused_and_the_worker_keeps_serving(
         task_id="hostile-pickle",
     )
     # When the worker takes it (the queue drains)
-    deadline = time.monotonic() + WAIT
-    while isolated.queue_length() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert isolated.queue_length() == 0
+    wait_for(lambda: isolated.queue_length() == 0, WAIT)
     # Then it was refused without being deserialised, and the same worker still serves runs
     handle = isolated.client().submit({"name": "after", "nodes": [node("a", "t_emit")]})
     assert handle.wait(WAIT).status == "completed"

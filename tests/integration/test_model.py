@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from dagworker.graph import Graph
 from dagworker.store import Store
-from tests.conftest import Deployment
+from tests.conftest import Deployment, wait_for
 from tests.model.reference import Art, Prediction, predict
 from tests.model.strategies import pipelines
 
@@ -81,13 +80,10 @@ def expected_tasks(prediction: Prediction, slug: str) -> list[dict[str, Any]]:
 
 def wait_quiet(store: Store, run_id: str, timeout: float = WAIT) -> None:
     """After a failed run ends, wait until no node is running (its queued tasks are cancelled)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = store.nodes(run_id)
-        if not any(v == "running" for k, v in states.items() if ":" not in k):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id}: nodes still running {timeout}s after the run ended")
+    wait_for(
+        lambda: not any(v == "running" for k, v in store.nodes(run_id).items() if ":" not in k),
+        timeout,
+    )
 
 
 def check_strict(prediction: Prediction, got: dict[str, Any], slugs: list[str]) -> None:

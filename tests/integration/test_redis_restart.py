@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from dagworker.errors import RunNotFound
-from tests.conftest import Deployment, make_deployment
+from tests.conftest import Deployment, make_deployment, wait_for
 
 WAIT = 120
 
@@ -151,14 +151,6 @@ def _close(d: Deployment) -> None:
     """Stop the workers; the keys die with the test's own server (still up or not)."""
     for w in d.workers:
         w.stop()
-
-
-def wait_for(predicate: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def _log_count(worker: Any, text: str) -> int:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-
-from tests.conftest import Deployment, make_deployment, wait_for
+from tests.conftest import Deployment, wait_for
 
 WAIT = 90
 
@@ -20,15 +16,6 @@ SAGA = {
         {"slug": "c", "plugin": "t_saga", "depends_on": ["b"], "config": {"fail": True}},
     ],
 }
-
-
-@pytest.fixture
-def crashy(tmp_path: Any) -> Iterator[Deployment]:
-    d = make_deployment(tmp_path, visibility_timeout=3.0, reconcile_interval=0.5, publish_grace=1.0)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def phase_count(d: Deployment, run_id: str, phase: str) -> Counter[str]:

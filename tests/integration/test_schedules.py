@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from dagworker.cli import main
 from dagworker.client import Client, launch
 from dagworker.pipeline import Pipeline
 from dagworker.schedules import Fire, Scheduler
-from tests.conftest import ROOT, Deployment, wait_for
+from tests.conftest import Deployment, service, wait_for
 
 WAIT = 120
 
@@ -46,25 +43,8 @@ def beat(deployment: Deployment, tag: str) -> Iterator[Path]:
         str(deployment.tmp / f"beat-{tag}.db"),
         "--loglevel=INFO",
     ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=deployment.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with service(cmd, deployment.env(), log_path):
         yield log_path
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def ticks_sent(log_path: Path) -> int:

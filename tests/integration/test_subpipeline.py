@@ -54,7 +54,7 @@ def test_mapped_sub_pipeline_over_five_artifacts(client: Client, fleet: Deployme
     assert sorted(c.input["i"] for c in children) == [0, 1, 2, 3, 4]
     outputs = handle.outputs("each")
     assert sorted(o["input"]["i"] for o in outputs) == [0, 1, 2, 3, 4]
-    assert handle.outputs("total") == [{"count": 5, "distinct": 1}]
+    assert [a["count"] for a in handle.outputs("total")] == [5]
     print(f"5 child runs in {took:.2f}s ({took / 5 * 1000:.0f} ms per sub-pipeline call)")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from hypothesis import strategies as st
+
+from dagworker.pipeline import FilterOp
 
 FIELDS = ("v", "w", "b", "m.p", "j", "zz")  # "zz" is never present
 SCALARS: tuple[Any, ...] = (0, 1, 2, 5, 7, 1.0, 2.0, True, False, "1", "ab", "abc", None)
@@ -16,27 +18,7 @@ PATTERNS = ("^a", "b$", "a.c", "^(a|b)+$", "[0-9]", "(a+)+b", "^$")
 @st.composite
 def rules(draw: st.DrawFn) -> dict[str, Any]:
     field = draw(st.sampled_from(FIELDS))
-    op = draw(
-        st.sampled_from(
-            (
-                "eq",
-                "neq",
-                "in",
-                "not_in",
-                "contains",
-                "not_contains",
-                "starts_with",
-                "ends_with",
-                "gt",
-                "gte",
-                "lt",
-                "lte",
-                "exists",
-                "not_exists",
-                "matches",
-            )
-        )
-    )
+    op = draw(st.sampled_from(get_args(FilterOp)))  # every operator of the format
     rule: dict[str, Any] = {"field": field, "op": op}
     if op in ("eq", "neq"):
         rule["value"] = draw(st.sampled_from(SCALARS))

@@ -7,44 +7,7 @@ from html.parser import HTMLParser
 
 from dagworker.graphview import depths, layout, state_colours, to_html
 from dagworker.mermaid import STATE_STYLES
-from dagworker.pipeline import Pipeline
-
-PIPELINE = Pipeline.model_validate(
-    {
-        "name": "media",
-        "nodes": [
-            {"slug": "fetch", "plugin": "fetch_files"},
-            {
-                "slug": "video",
-                "plugin": "transcode",
-                "depends_on": ["fetch"],
-                "edge_filters": {"fetch": {"rules": [{"field": "t", "op": "eq", "value": "v"}]}},
-            },
-            {"slug": "subs", "plugin": "subtitles", "depends_on": ["fetch"]},
-            {"slug": "thumbs", "plugin": "thumbnail", "depends_on": ["fetch"]},
-            {"slug": "route", "plugin": "pick", "depends_on": ["subs"], "passthrough": True},
-            {
-                "slug": "merge",
-                "plugin": "merge",
-                "depends_on": ["video", "route", "thumbs"],
-                "fan_mode": "grouped",
-            },
-            {"slug": "export", "plugin": "export", "depends_on": ["merge"]},
-            {"slug": "audit", "plugin": "audit", "depends_on": ["fetch", "export"]},
-        ],
-    }
-)
-STATES = {
-    "fetch": "completed",
-    "video": "failed",
-    "subs": "completed",
-    "thumbs": "running",
-    "route": "filtered",
-    "merge": "skipped",
-    "export": "cancelled",
-    "audit": "rolled_back",
-}
-COUNTS = {"fetch": "1/1", "video": "0/2", "subs": "3/3", "thumbs": "4/9"}
+from tests.graph_sample import COUNTS, PIPELINE, STATES
 
 
 class Nodes(HTMLParser):
@@ -76,7 +39,7 @@ class Nodes(HTMLParser):
 def test_depth_layers_follow_the_longest_path() -> None:
     assert depths(PIPELINE) == {
         "fetch": 0, "video": 1, "subs": 1, "thumbs": 1, "route": 2, "merge": 3, "export": 4,
-        "audit": 5,
+        "audit": 5, "notify": 5,
     }  # fmt: skip
     boxes = layout(PIPELINE).boxes
     # every dependency is drawn above its dependant, and no two boxes overlap

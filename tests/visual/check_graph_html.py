@@ -25,37 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dagworker.graphview import state_colours, to_html  # noqa: E402
-from dagworker.pipeline import Pipeline  # noqa: E402
-
-STATES = {
-    "fetch": "completed",
-    "video": "failed",
-    "subs": "completed",
-    "thumbs": "running",
-    "route": "filtered",
-    "merge": "skipped",
-    "export": "cancelled",
-    "notify": "pending",
-    "cleanup": "rolled_back",
-}
+from tests.graph_sample import COUNTS, PIPELINE, STATES  # noqa: E402
 
 
 def sample_page() -> str:
-    nodes = [
-        {"slug": "fetch", "plugin": "fetch_files"},
-        {"slug": "video", "plugin": "transcode", "depends_on": ["fetch"]},
-        {"slug": "subs", "plugin": "subtitles", "depends_on": ["fetch"]},
-        {"slug": "thumbs", "plugin": "thumbnail", "depends_on": ["fetch"]},
-        {"slug": "route", "plugin": "pick", "depends_on": ["subs"], "passthrough": True},
-        {"slug": "merge", "plugin": "merge", "depends_on": ["video", "route", "thumbs"],
-         "fan_mode": "grouped"},
-        {"slug": "export", "plugin": "export", "depends_on": ["merge"]},
-        {"slug": "notify", "plugin": "notify", "depends_on": ["export"]},
-        {"slug": "cleanup", "plugin": "cleanup", "depends_on": ["fetch"]},
-    ]  # fmt: skip
-    pipeline = Pipeline.model_validate({"name": "media-ingest", "nodes": nodes})
-    counts = {"fetch": "1/1", "video": "1/2", "subs": "2/2", "thumbs": "3/8"}
-    return to_html(pipeline, STATES, counts, run_id="sample-run", run_status="failed")
+    return to_html(PIPELINE, STATES, COUNTS, run_id="sample-run", run_status="failed")
 
 
 def chromium() -> str | None:
