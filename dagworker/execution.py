@@ -14,15 +14,16 @@ import signal
 import threading
 import traceback as tb
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagworker import cache, subpipeline
+from dagworker import cache, handoff, subpipeline
 from dagworker.artifact import Artifact, artifact_id
 from dagworker.context import TaskContext
 from dagworker.errors import DagworkerError, ExpressionEvalError, LimitExceeded, RunNotFound
 from dagworker.faults import crash_point
+from dagworker.metrics import recorder
 from dagworker.pipeline import FanMode, Node, OnFailure, Retry
 from dagworker.plugin import Plugin
 from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, TaskBegin, encode_artifact
@@ -144,30 +145,37 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
             cache.save(store.r, key, fields, node.cache.ttl_s)
     except Exception as exc:  # a failing plugin fails its task, never the worker
         return _failed(orch, c, node, plugin, index, attempt, exc)
-    return _completed(orch, run_id, slug, index, attempt, (encoded, staged, count), cached)
+    return _completed(orch, c, slug, index, attempt, begin.spec, (encoded, staged, count), cached)
 
 
 def _completed(
     orch: Orchestrator,
-    run_id: str,
+    c: Compiled,
     slug: str,
     index: int,
     attempt: int,
+    spec: dict[str, Any],
     outputs: tuple[list[str], str | None, int],
     cached: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Record a completed attempt with its outputs (inline or staged), then orchestrate."""
+    """Record a completed attempt with its outputs (inline or staged), then orchestrate:
+    in the same step when the successors can be handed off (``dagworker.handoff``)."""
     encoded, staged, count = outputs
-    finish = orch.store.finish_task(
-        run_id,
-        slug,
-        index,
-        attempt,
-        "completed",
-        encoded_outputs=encoded,
-        staged_key=staged,
-        staged_count=count,
-    )
+    run_id = c.run_id
+    handing = staged is None and handoff.eligible(orch, spec)
+    # A handoff is an orchestrator pass (it settles the node): timed as one.
+    with recorder.orchestrating() if handing else nullcontext():
+        finish = orch.store.finish_task(
+            run_id,
+            slug,
+            index,
+            attempt,
+            "completed",
+            encoded_outputs=encoded,
+            staged_key=staged,
+            staged_count=count,
+            handoff=handoff.plan(orch, c, slug, index, spec, encoded) if handing else None,
+        )
     crash_point("after_finish", slug)
     if cached is not None and finish.verdict == "recorded":
         orch.store.record_cache_hit(run_id, slug, index)
@@ -193,7 +201,7 @@ def finish_with_outputs(
         produced = _run_plugin(orch, c, node, plugin, ctx, {}, spec, list(outputs))
     except Exception as exc:
         return _failed(orch, c, node, plugin, index, attempt, exc)
-    return _completed(orch, c.run_id, node.slug, index, attempt, produced)
+    return _completed(orch, c, node.slug, index, attempt, dict(spec), produced)
 
 
 def fail_task(

@@ -40,6 +40,7 @@ from dagworker.errors import (
 )
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
+from dagworker.handoff import SOLO
 from dagworker.inputs import Inputs
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
 from dagworker.plugin import Plugin, Registry
@@ -72,6 +73,13 @@ class Publisher(Protocol):
         ...
 
     def publish_hooks(self, run_id: str, event: str) -> None: ...
+
+    def envelopes(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> tuple[str, list[str]] | None:
+        """The queue key and messages for a store script to push (``dagworker.handoff``);
+        None when the broker is not the run store's Redis."""
+        ...
 
     def publish_compensations(
         self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
@@ -315,6 +323,9 @@ class Orchestrator:
             self._fail_launch(run_id, slug, str(exc))
             return
         closed = ready = False
+        if batch and total == 1 and first == 0:
+            # The node's only task: its completion may launch the successors (handoff).
+            batch = [json.dumps({**json.loads(batch[0]), SOLO: 1}, separators=(",", ":"))]
         if batch:
             _, ready, closed = self._launch_batch(run_id, node, plugin, first, batch, True)
         if not closed:
@@ -367,9 +378,10 @@ class Orchestrator:
             beat = partial(self.store.touch_launch, c.run_id, node.slug)
             plans = iter_plans(node, reader.of(node, beat, HEARTBEAT_EVERY))
         for plan in repeated(node, plans):
-            yield json.dumps(self._spec(c, node, plan), separators=(",", ":"))
+            yield json.dumps(self.spec(c, node, plan), separators=(",", ":"))
 
-    def _spec(self, c: Compiled, node: Node, plan: TaskPlan) -> dict[str, Any]:
+    def spec(self, c: Compiled, node: Node, plan: TaskPlan) -> dict[str, Any]:
+        """One task's decided inputs (and bindings), as persisted with the task."""
         spec: dict[str, Any] = {"o": plan.origin}
         if not node.depends_on:
             spec["root"] = True

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import NoScriptError
@@ -23,6 +23,9 @@ from dagworker.keys import Keys
 from dagworker.lock import RunLock
 from dagworker.settings import Settings
 from dagworker.states import RunState
+
+if TYPE_CHECKING:
+    from dagworker.handoff import Handoff
 
 #: Outputs up to this many go to the completion script inline; more are staged in chunks.
 INLINE_OUTPUTS = 200
@@ -114,7 +117,8 @@ class Prefetched:
 @dataclass(frozen=True)
 class TaskFinish:
     verdict: str  # recorded | duplicate | stale
-    settle: bool
+    settle: bool  # the node is in the settle set: the orchestrator must advance
+    handed: bool = False  # the node settled and its successors launched (dagworker.handoff)
 
 
 def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
@@ -583,6 +587,7 @@ class Store:
         staged_count: int = 0,
         error: str = "",
         traceback: str = "",
+        handoff: Handoff | None = None,
     ) -> TaskFinish:
         k = self.keys
         staging = staged_key or k.staging(run_id, slug, index, "none")
@@ -598,6 +603,9 @@ class Store:
                 k.settle(run_id),
                 k.history(run_id, slug, index),
                 k.notable(run_id, slug),
+                k.nodes(run_id),
+                k.lock(run_id),
+                *(handoff.keys if handoff else ()),
             ],
             args=[
                 attempt,
@@ -609,10 +617,11 @@ class Store:
                 error,
                 traceback,
                 "1" if staged_key else "0",
+                handoff.plan if handoff else "",
                 *([] if staged_key else encoded_outputs),
             ],
         )
-        return TaskFinish(verdict, bool(settle))
+        return TaskFinish(verdict, int(settle) == 1, int(settle) == 2)
 
     def retry_task(
         self,
@@ -897,6 +906,7 @@ class Store:
         ok: bool,
         error: str = "",
         traceback: str = "",
+        handoff: Handoff | None = None,
     ) -> TaskFinish:
         k = self.keys
         verdict, settle = self._scripts["finish_compensation"](

@@ -138,6 +138,18 @@ class CeleryPublisher:
         make_id: Callable[[str, str, int, int], str],
         confirm: Sequence[Sequence[Any]],
     ) -> bool:
+        queue, messages, limit = self._messages(run_id, node, plugin, tasks, make_id)
+        return self._send(name, queue, messages, limit, confirm)
+
+    def _messages(
+        self,
+        run_id: str,
+        node: Node,
+        plugin: Plugin,
+        tasks: list[tuple[int, int]],
+        make_id: Callable[[str, str, int, int], str],
+    ) -> tuple[str, list[tuple[str, dict[str, Any]]], float | None]:
+        """The queue, ``(task id, kwargs)`` messages and hard time limit of a node's tasks."""
         queue = node.queue or plugin.queue or self.default_queue
         timeout = node.timeout_s or plugin.timeout_s
         limit = None
@@ -150,7 +162,19 @@ class CeleryPublisher:
             )
             for index, attempt in tasks
         ]
-        return self._send(name, queue, messages, limit, confirm)
+        return queue, messages, limit
+
+    def envelopes(
+        self, run_id: str, node: Node, plugin: Plugin, tasks: list[tuple[int, int]]
+    ) -> tuple[str, list[str]] | None:
+        """The queue key and message envelopes of a node's tasks, for a script on the run
+        store to push itself (``dagworker.handoff``); None when messages cannot be written
+        there (another broker, or publish signals that only ``send_task`` sends)."""
+        if self.queues is None or not self.queues.shares_store or _publish_signals_connected():
+            return None
+        queue, messages, limit = self._messages(run_id, node, plugin, tasks, task_id)
+        name = task_name(plugin.name)
+        return self.queues.key(queue), self._encode(name, queue, messages, limit)
 
     def _send(
         self,
@@ -177,11 +201,23 @@ class CeleryPublisher:
                         **limits,
                     )
             return False
+        envelopes = self._encode(name, queue, messages, time_limit, headers)
+        return self.queues.push({self.queues.key(queue): envelopes}, confirm)
+
+    def _encode(
+        self,
+        name: str,
+        queue: str,
+        messages: list[tuple[str, dict[str, Any]]],
+        time_limit: float | None,
+        headers: dict[str, Any] | None = None,
+    ) -> list[str]:
         # Like send_task from inside a task: the messages name the task that caused them.
         parent = self.app.current_worker_task
         parent_id = parent.request.id if parent else None
         root_id = (parent.request.root_id or parent_id) if parent else None
-        envelopes = [
+        headers = headers or {SENT_HEADER: time.time()}
+        return [
             encode(
                 name,
                 tid,
@@ -195,7 +231,6 @@ class CeleryPublisher:
             )
             for tid, kwargs in messages
         ]
-        return self.queues.push({self.queues.key(queue): envelopes}, confirm)
 
 
 def _publish_signals_connected() -> bool:

@@ -186,6 +186,15 @@ class Deployment:
     def queue_length(self, queue: str | None = None) -> int:
         return int(self.redis.llen(f"{self.prefix}:kombu:{queue or self.settings.default_queue}"))
 
+    def drained(self) -> bool:
+        """Nothing queued, unacknowledged or scheduled: with solo workers and prefetch 1,
+        every message sent so far has been processed."""
+        return (
+            self.queue_length() == 0
+            and not self.redis.hlen(f"{self.prefix}:kombu:unacked")
+            and not self.redis.zcard(f"{self.prefix}:due")
+        )
+
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()

@@ -3,14 +3,29 @@
 -- artifact is published twice and no counter moves twice. The last task of a launched node puts
 -- the node in the "settle" set for the orchestrator.
 --
+-- Handoff (dagworker/handoff.py): the completion of a node's only task may also settle the
+-- node and launch its successors here, in the same atomic step, instead of the orchestrator's
+-- lock, read, decide, commit, launch and publish round trips. The worker sends what it would
+-- launch, planned from the outputs it is recording (the successors whose only dependency is
+-- this node); this script applies it only when the orchestrator would decide exactly that:
+-- the run is running at the epoch the plan was made for, no orchestrator holds the run lock,
+-- the node is running, each planned successor is pending and waits for this node alone, each
+-- other successor still waits for another node, and the run does not end here. Anything else
+-- falls back to the settle set. The handoff bumps the run's version like a commit, so an
+-- orchestrator that read before it (and whose lock had expired) cannot commit over it.
+--
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
 -- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
 -- KEYS[8] task history list (one JSON entry per finished attempt, when there were retries)
 -- KEYS[9] the node's notable-tasks zset (failed or retried tasks, for status)
+-- KEYS[10] node-states hash   KEYS[11] run lock   KEYS[12..] keys the handoff names by position
 -- ARGV[1] attempt   ARGV[2] outcome: completed | failed | cancelled   ARGV[3] now
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
--- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[10..] are them
--- returns {verdict, settle}; verdict: recorded | duplicate | stale
+-- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[11..] are them
+-- ARGV[10] the handoff, JSON ('' for none): {epoch, claim: [[slug, node key, [[task key,
+--          spec], ...]], ...], wait: [slug, ...], push: [[queue key, [envelope, ...]], ...]}
+-- returns {verdict, settle}; verdict: recorded | duplicate | stale; settle: 0, 1 (the node is
+--         in the settle set) or 2 (the node settled here and its successors were launched)
 -- (Fields are read and written with one HMGET / HSET per hash: every redis.call costs.)
 local task = redis.call('HMGET', KEYS[3], 'state', 'attempt', 'started_at', 'worker')
 local state = task[1]
@@ -26,11 +41,13 @@ end
 local outcome = ARGV[2]
 local n_out = tonumber(ARGV[6])
 if outcome == 'completed' then
-  redis.call('DEL', KEYS[4])
+  -- Only a completed attempt writes outputs, and it is the last: a first attempt has none
+  -- to replace.
+  if attempt > 1 then redis.call('DEL', KEYS[4]) end
   if ARGV[9] == '1' then
     if n_out > 0 then redis.call('RENAME', KEYS[6], KEYS[4]) end
   elseif n_out > 0 then
-    redis.call('RPUSH', KEYS[4], unpack(ARGV, 10, 9 + n_out))
+    redis.call('RPUSH', KEYS[4], unpack(ARGV, 11, 10 + n_out))
   end
   redis.call('HSET', KEYS[5], ARGV[4], n_out)
 else
@@ -57,11 +74,83 @@ end
 -- The node's counters: read once, written once (this script is atomic, like HINCRBY).
 local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks', 'done', outcome)
 local done = tonumber(node[3] or '0') + 1
-redis.call('HSET', KEYS[2], 'done', done, outcome, tonumber(node[4] or '0') + 1)
-redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
-local settle = 0
-if node[1] == '1' and done >= tonumber(node[2]) then
-  redis.call('SADD', KEYS[7], ARGV[5])
-  settle = 1
+local counters = {'done', done, outcome, tonumber(node[4] or '0') + 1}
+if node[1] ~= '1' or done < tonumber(node[2]) then
+  redis.call('HSET', KEYS[2], unpack(counters))
+  redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
+  return {'recorded', 0}
 end
-return {'recorded', settle}
+
+-- The node's last task. Hand its successors off here when the plan still holds.
+local function handoff()
+  if ARGV[10] == '' or outcome ~= 'completed' or tonumber(node[2]) ~= 1
+      or redis.call('EXISTS', KEYS[11]) == 1 then
+    return false
+  end
+  local plan = cjson.decode(ARGV[10])
+  local run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'version', 'nodes_running',
+                         'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
+                         'handoffs')
+  if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch
+      or tonumber(run[5] or '0') + 1 >= tonumber(run[6]) then
+    return false
+  end
+  local fields = {ARGV[5]}
+  for _, c in ipairs(plan.claim) do
+    fields[#fields + 1] = c[1]
+    fields[#fields + 1] = c[1] .. ':wait'
+  end
+  for _, w in ipairs(plan.wait) do
+    fields[#fields + 1] = w .. ':wait'
+  end
+  local states = redis.call('HMGET', KEYS[10], unpack(fields))
+  if states[1] ~= 'running' then return false end
+  local writes = {ARGV[5], 'completed'}
+  local i = 2
+  for _, c in ipairs(plan.claim) do
+    if states[i] ~= 'pending' or states[i + 1] ~= '1' then return false end
+    i = i + 2
+    writes[#writes + 1] = c[1]; writes[#writes + 1] = 'running'
+    writes[#writes + 1] = c[1] .. ':wait'; writes[#writes + 1] = 0
+  end
+  for _, w in ipairs(plan.wait) do
+    local wait = tonumber(states[i] or '0')
+    if wait < 2 then return false end  -- it would become ready: the orchestrator decides
+    i = i + 1
+    writes[#writes + 1] = w .. ':wait'; writes[#writes + 1] = wait - 1
+  end
+  -- It holds: what decide + commit + launch_batch + publish would have written.
+  redis.call('HSET', KEYS[10], unpack(writes))
+  local now = ARGV[3]
+  local launched = 0
+  for _, c in ipairs(plan.claim) do
+    for _, t in ipairs(c[3]) do
+      redis.call('HSET', KEYS[t[1]], 'state', 'queued', 'attempt', 1, 'spec', t[2],
+                 'queued_at', now)
+    end
+    redis.call('HSET', KEYS[c[2]], 'started_at', now, 'tasks', #c[3], 'launch_at', now,
+               'launched', 1)
+    launched = launched + #c[3]
+  end
+  redis.call('HSET', KEYS[1], 'tasks_done', tonumber(run[8] or '0') + 1,
+             'nodes_settled', tonumber(run[5] or '0') + 1,
+             'nodes_running', tonumber(run[4] or '0') - 1 + #plan.claim,
+             'tasks_total', tonumber(run[7] or '0') + launched,
+             'version', tonumber(run[3] or '0') + 1,
+             'handoffs', tonumber(run[9] or '0') + 1)
+  for _, p in ipairs(plan.push) do
+    redis.call('LPUSH', KEYS[p[1]], unpack(p[2]))
+  end
+  return true
+end
+
+if handoff() then
+  counters[#counters + 1] = 'finished_at'
+  counters[#counters + 1] = ARGV[3]
+  redis.call('HSET', KEYS[2], unpack(counters))
+  return {'recorded', 2}
+end
+redis.call('HSET', KEYS[2], unpack(counters))
+redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)
+redis.call('SADD', KEYS[7], ARGV[5])
+return {'recorded', 1}

@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from dagworker.orchestrator import Orchestrator
 from dagworker.plugin import registry
 from dagworker.tasks import CeleryPublisher
@@ -77,14 +79,25 @@ CHAIN = {
 }
 
 
-def test_worker_killed_after_plugin_returned_before_orchestration(crashy: Deployment) -> None:
-    # Given a worker that dies right after recording a's outcome, before launching b
-    victim = crashy.start_worker(DAGWORKER_FAULTS="after_finish:a")
+@pytest.mark.parametrize("handoff", ["1", "0"], ids=["handoff", "orchestrator"])
+def test_worker_killed_after_plugin_returned_before_orchestration(
+    crashy: Deployment, handoff: str
+) -> None:
+    # Given a worker that dies right after recording a's outcome
+    victim = crashy.start_worker(DAGWORKER_FAULTS="after_finish:a", DAGWORKER_HANDOFF=handoff)
     client = crashy.client()
     handle = client.submit(CHAIN)
     victim.proc.wait(timeout=WAIT)
     assert client.store.task(handle.id, "a", 0)["state"] == "completed"
-    assert client.store.nodes(handle.id)["b"] == "pending"
+    if handoff == "1":
+        # b was launched in the same script that recorded a: queued, its message sent
+        assert client.store.nodes(handle.id)["b"] == "running"
+        assert client.store.task(handle.id, "b", 0)["state"] == "queued"
+        assert crashy.queue_length() == 1
+    else:
+        # a is waiting to be settled, b was never launched
+        assert client.store.nodes(handle.id)["b"] == "pending"
+        assert client.store.settle_pending(handle.id) == {"a"}
     # When a healthy worker comes up
     crashy.start_worker()
     status = handle.wait(WAIT)
@@ -92,6 +105,7 @@ def test_worker_killed_after_plugin_returned_before_orchestration(crashy: Deploy
     assert status.status == "completed", status.error
     assert Counter(c["node"] for c in crashy.calls(handle.id)) == {"a": 1, "b": 1, "c": 1}
     assert handle.outputs("c") == [{"path": ["a", "b", "c"], "origin_seen": "a:0:0"}]
+    assert int(client.store.run(handle.id)["tasks_total"]) == 3
 
 
 def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
@@ -99,7 +113,9 @@ def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
     # after persisting b's task but before sending its message
     healthy = crashy.start_worker()
     victim = crashy.start_worker(
-        queues=f"only-a,{crashy.settings.default_queue}", DAGWORKER_FAULTS="before_publish:b"
+        queues=f"only-a,{crashy.settings.default_queue}",
+        DAGWORKER_FAULTS="before_publish:b",
+        DAGWORKER_HANDOFF="0",  # a handoff sends b's message in the script that creates it
     )
     client = crashy.client()
     chain = {

@@ -8,7 +8,7 @@ from typing import Any
 
 from dagworker import Client
 from dagworker.tasks import task_id, task_name
-from tests.conftest import Deployment
+from tests.conftest import Deployment, wait_for
 
 WAIT = 60
 
@@ -22,16 +22,7 @@ def hook_calls(fleet: Deployment, run_id: str, expect: int = 1) -> list[dict[str
 
 
 def drain(fleet: Deployment) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if (
-            fleet.queue_length() == 0
-            and not fleet.redis.hlen(f"{fleet.prefix}:kombu:unacked")
-            and not fleet.redis.zcard(f"{fleet.prefix}:due")
-        ):
-            return
-        time.sleep(0.05)
-    raise TimeoutError("work did not drain")
+    wait_for(fleet.drained, 30)
 
 
 def test_completed_hook_called_once_even_when_final_completion_is_redelivered(

@@ -1,0 +1,108 @@
+"""Handoff: the completion of a node's only task launches the node's successors itself.
+
+In a chain, a diamond's head or a layer of single-task nodes, most completions settle a node
+whose successors' inputs are already known to the worker finishing it: they are the outputs it
+is about to record. The usual path (``finish_task``, then the orchestrator's lock, reads,
+decision, commit, launch and publish) costs seven round trips for that. Here the worker plans
+those successors the way a launch would (``routing.plan_tasks``, ``Orchestrator.spec``) and
+hands the plan to ``finish_task.lua``, which applies it in the same atomic step as the
+completion only when the orchestrator would have decided exactly that (the script's header
+lists the conditions); otherwise the node goes to the settle set as before and nothing planned
+here is written.
+
+What qualifies, decided here from the pipeline alone:
+
+- the task is its node's only one (``solo`` in its spec: the launcher marks it);
+- every successor either depends on this node alone, or waits for another node too (its
+  barrier only moves down);
+- each successor that depends on this node alone is a plugin node (not a sub-pipeline) whose
+  plan has between one and ``launch_batch`` tasks, and its messages can be written by the
+  script: the broker is the run store's Redis (``CeleryPublisher.envelopes``).
+
+The messages are pushed by the script that creates their tasks, so there is no outbox entry
+and no window between persisting and publishing for the reconciler to repair.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dagworker.errors import DagworkerError
+from dagworker.routing import plan_tasks
+from dagworker.store import decode_artifact
+
+if TYPE_CHECKING:
+    from dagworker.orchestrator import Compiled, Orchestrator
+
+#: The spec flag of a task that is its node's only one.
+SOLO = "solo"
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What ``finish_task.lua`` applies: ``plan`` names ``keys`` by position (from KEYS[12])."""
+
+    plan: str
+    keys: list[str]
+
+
+def eligible(orch: Orchestrator, spec: dict[str, Any]) -> bool:
+    """Whether a completed task with this spec may hand off (before looking at the graph)."""
+    return bool(spec.get(SOLO)) and orch.store.settings.handoff
+
+
+def plan(
+    orch: Orchestrator,
+    c: Compiled,
+    slug: str,
+    index: int,
+    spec: dict[str, Any],
+    encoded: Sequence[str],
+) -> Handoff | None:
+    """The handoff for a completed task with these (inline) outputs, or None."""
+    if not eligible(orch, spec):
+        return None
+    k = orch.store.keys
+    keys: list[str] = []
+
+    def key(name: str) -> int:
+        keys.append(name)
+        return 11 + len(keys)
+
+    outputs = [decode_artifact(slug, index, n, raw) for n, raw in enumerate(encoded)]
+    claim: list[list[Any]] = []
+    wait: list[str] = []
+    pushes: dict[str, list[str]] = {}
+    for succ in c.graph.successors[slug]:
+        if c.graph.predecessors[succ] != (slug,):
+            wait.append(succ)
+            continue
+        node = c.nodes[succ]
+        if node.pipeline is not None or node.plugin not in orch.registry:
+            return None
+        try:
+            plans = plan_tasks(node, {slug: outputs})
+            settings = orch.store.settings
+            if not plans or len(plans) > min(settings.launch_batch, settings.max_tasks_per_node):
+                return None  # filtered, or a launch in batches, or over the limit: launch()
+            specs = [orch.spec(c, node, p) for p in plans]
+        except DagworkerError:
+            return None  # the orchestrator's launch reports it
+        if len(specs) == 1:
+            specs[0][SOLO] = 1
+        plugin = orch.registry.get(node.plugin)
+        sent = orch.publisher.envelopes(c.run_id, node, plugin, [(i, 1) for i in range(len(specs))])
+        if sent is None:
+            return None
+        pushes.setdefault(sent[0], []).extend(sent[1])
+        tasks = [
+            [key(k.task(c.run_id, succ, i)), json.dumps(s, separators=(",", ":"))]
+            for i, s in enumerate(specs)
+        ]
+        claim.append([succ, key(k.node(c.run_id, succ)), tasks])
+    push = [[key(queue), envelopes] for queue, envelopes in pushes.items()]
+    body = {"epoch": c.epoch, "claim": claim, "wait": wait, "push": push}
+    return Handoff(json.dumps(body, separators=(",", ":")), keys)
