@@ -100,6 +100,11 @@ class Recorder:
         """Flush into hash ``key`` through ``client`` (a redis.Redis)."""
         self._client, self._key = client, key
 
+    @property
+    def bound(self) -> bool:
+        """Whether this process reports metrics (a worker does; a client does not)."""
+        return self._client is not None
+
     def _ensure_flusher(self) -> None:
         # A prefork child inherits the parent's recorder but not its thread: start one per pid.
         if self._pid == os.getpid() or self._client is None:

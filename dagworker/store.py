@@ -368,18 +368,21 @@ class Store:
         return json.dumps({"at": at, "status": status.value, "error": error})
 
     def end_ops(
-        self, run_id: str, state: RunState, at: float, error: str | None
+        self, run_id: str, state: RunState, at: float, error: str | None, hooks: bool = True
     ) -> list[tuple[Any, ...]]:
-        """Commit ops that end a run; its hooks are scheduled in the same atomic commit."""
+        """Commit ops that end a run; its hooks (unless ``hooks`` is False: nothing to call)
+        are scheduled in the same atomic commit."""
         k = self.keys
-        return [
+        ops: list[tuple[Any, ...]] = [
             (k.run(run_id), "hset", "status", state.value),
             (k.run(run_id), "hset", "finished_at", at),
             (k.run(run_id), "hset", "error", error or ""),
             (k.runs_active, "zrem", run_id),
-            (k.due, "zadd", at, f"hook|{run_id}|{state.value}"),
             (k.events(run_id), "rpush", self.event_json(at, state, error)),
         ]
+        if hooks:
+            ops.append((k.due, "zadd", at, f"hook|{run_id}|{state.value}"))
+        return ops
 
     def commit(
         self,

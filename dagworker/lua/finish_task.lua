@@ -81,20 +81,13 @@ if node[1] ~= '1' or done < tonumber(node[2]) then
   return {'recorded', 0}
 end
 
--- The node's last task. Hand its successors off here when the plan still holds.
+-- The node's last task. Hand its successors off here when the plan still holds; the checks
+-- that fail most often (a successor becoming ready, the run ending) come first.
 local function handoff()
-  if ARGV[10] == '' or outcome ~= 'completed' or tonumber(node[2]) ~= 1
-      or redis.call('EXISTS', KEYS[11]) == 1 then
+  if ARGV[10] == '' or outcome ~= 'completed' or tonumber(node[2]) ~= 1 then
     return false
   end
   local plan = cjson.decode(ARGV[10])
-  local run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'version', 'nodes_running',
-                         'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
-                         'handoffs')
-  if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch
-      or tonumber(run[5] or '0') + 1 >= tonumber(run[6]) then
-    return false
-  end
   local fields = {ARGV[5]}
   for _, c in ipairs(plan.claim) do
     fields[#fields + 1] = c[1]
@@ -119,6 +112,14 @@ local function handoff()
     i = i + 1
     writes[#writes + 1] = w .. ':wait'; writes[#writes + 1] = wait - 1
   end
+  local run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'version', 'nodes_running',
+                         'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
+                         'handoffs')
+  if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch
+      or tonumber(run[5] or '0') + 1 >= tonumber(run[6]) then
+    return false
+  end
+  if redis.call('EXISTS', KEYS[11]) == 1 then return false end
   -- It holds: what decide + commit + launch_batch + publish would have written.
   redis.call('HSET', KEYS[10], unpack(writes))
   local now = ARGV[3]

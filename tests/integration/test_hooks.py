@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from dagworker import Client
 from dagworker.tasks import task_id, task_name
-from tests.conftest import Deployment, wait_for
+from tests.conftest import Deployment, deployment, wait_for
 
 WAIT = 60
 
@@ -69,3 +70,26 @@ def test_failed_and_cancelled_hooks(client: Client, fleet: Deployment) -> None:
     slow.cancel()
     assert slow.wait(WAIT).status == "cancelled"
     assert [c["status"] for c in hook_calls(fleet, slow.id)] == ["cancelled"]
+
+
+def test_a_run_nobody_listens_to_sends_no_hooks_task(tmp_path: Path) -> None:
+    # Given workers whose plugin modules register no hooks (the bench's no-op plugins)
+    with deployment(tmp_path, plugins=("bench.plugins",)) as d:
+        d.start_worker(DAGWORKER_PLUGINS="bench.plugins")
+        client = d.client()
+        p = {
+            "name": "unheard",
+            "nodes": [
+                {"slug": "a", "plugin": "bench_step"},
+                {"slug": "b", "plugin": "bench_step", "depends_on": ["a"]},
+            ],
+        }
+        # When a run completes
+        handle = client.submit(p)
+        assert handle.wait(60).status == "completed"
+        # Then no hooks task was scheduled or run for it
+        assert "hooks:completed" not in client.store.run(handle.id)
+        assert d.redis.zcard(f"{d.prefix}:due") == 0
+        # and the fleet's metrics count the run all the same (once the worker has flushed)
+        field = json.dumps(["runs", "unheard", "completed"], separators=(",", ":"))
+        wait_for(lambda: d.redis.hget(f"{d.prefix}:metrics", field) == "1", 10)
