@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagworker.errors import DagworkerError
-from dagworker.routing import plan_tasks
+from dagworker.pipeline import Node
+from dagworker.routing import TaskPlan, plan_tasks
 from dagworker.store import decode_artifact
 
 if TYPE_CHECKING:
@@ -47,6 +48,26 @@ class Handoff:
 
     plan: str
     keys: list[str]
+
+
+def direct_launch(
+    orch: Orchestrator, c: Compiled, node: Node, plans: Sequence[TaskPlan]
+) -> tuple[list[dict[str, Any]], tuple[str, list[str]]] | None:
+    """A node's task specs and messages (queue key, envelopes) for a script on the run store
+    to create and send in one step, or None when the usual launch must do it: the node is a
+    sub-pipeline or its plugin is unknown here, its plan is empty (filtered), needs several
+    batches or is over the limit, or the broker is not the run store's Redis."""
+    settings = orch.store.settings
+    if node.pipeline is not None or node.plugin not in orch.registry:
+        return None
+    if not plans or len(plans) > min(settings.launch_batch, settings.max_tasks_per_node):
+        return None
+    specs = [orch.spec(c, node, p) for p in plans]
+    if len(specs) == 1:
+        specs[0][SOLO] = 1  # its completion may hand off in turn
+    plugin = orch.registry.get(node.plugin)
+    sent = orch.publisher.envelopes(c.run_id, node, plugin, [(i, 1) for i in range(len(specs))])
+    return None if sent is None else (specs, sent)
 
 
 def eligible(orch: Orchestrator, spec: dict[str, Any]) -> bool:
@@ -81,22 +102,13 @@ def plan(
             wait.append(succ)
             continue
         node = c.nodes[succ]
-        if node.pipeline is not None or node.plugin not in orch.registry:
-            return None
         try:
-            plans = plan_tasks(node, {slug: outputs})
-            settings = orch.store.settings
-            if not plans or len(plans) > min(settings.launch_batch, settings.max_tasks_per_node):
-                return None  # filtered, or a launch in batches, or over the limit: launch()
-            specs = [orch.spec(c, node, p) for p in plans]
+            planned = direct_launch(orch, c, node, plan_tasks(node, {slug: outputs}))
         except DagworkerError:
             return None  # the orchestrator's launch reports it
-        if len(specs) == 1:
-            specs[0][SOLO] = 1
-        plugin = orch.registry.get(node.plugin)
-        sent = orch.publisher.envelopes(c.run_id, node, plugin, [(i, 1) for i in range(len(specs))])
-        if sent is None:
+        if planned is None:
             return None
+        specs, sent = planned
         pushes.setdefault(sent[0], []).extend(sent[1])
         tasks = [
             [key(k.task(c.run_id, succ, i)), json.dumps(s, separators=(",", ":"))]

@@ -40,7 +40,7 @@ from dagworker.errors import (
 )
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
-from dagworker.handoff import SOLO
+from dagworker.handoff import SOLO, direct_launch
 from dagworker.hooks import HOOK_EVENTS, hooks_for
 from dagworker.inputs import Inputs
 from dagworker.metrics import recorder
@@ -223,11 +223,24 @@ class Orchestrator:
             record["reused"] = json.dumps(sorted(reused))
         waits = {n.slug: sum(d not in reused for d in n.depends_on) for n in pipeline.nodes}
         ready = [n.slug for n in pipeline.nodes if n.slug not in reused and not waits[n.slug]]
-        claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
+        # (the input as workers will see it: decoded from the JSON stored with the run)
+        c = compile_run(
+            run_id,
+            pipeline,
+            json.loads(str(record["input"])),
+            {"no_cache": "1" if no_cache else ""},
+        )
         started = {"at": at, "status": RunState.RUNNING.value}
         k = self.store.keys
         if not reuse:
+            direct = self._direct_roots(c, ready, at)
+            if direct is not None:
+                # One transaction: the run, its "running" event, the roots' tasks and messages.
+                self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], direct)
+                self.cache.put(c)
+                return run_id
             # One transaction: the run, its "running" event and the roots' claims.
+            claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
             self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], claims)
         else:
             self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
@@ -237,27 +250,62 @@ class Orchestrator:
                 (k.run(run_id), "hset", "tasks_done", copied),
                 *((k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()),
             ]
+            claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
             self.store.commit(run_id, 0, ops + claims)
         # This process launches the roots: it knows the run without reading it back.
-        # (the input as workers will see it: decoded from the JSON stored with the run)
-        self.cache.put(
-            compile_run(run_id, pipeline, json.loads(str(record["input"])), {"no_cache": "1"})
-            if no_cache
-            else compile_run(run_id, pipeline, json.loads(str(record["input"])), {})
-        )
+        self.cache.put(c)
         for slug in ready:
             self.launch(run_id, slug, epoch="", fresh=True)
         return run_id
 
+    def _direct_roots(
+        self, c: Compiled, ready: Sequence[str], at: float
+    ) -> list[tuple[Any, ...]] | None:
+        """The roots' claims, tasks and messages as ``create_run`` ops, so that creating the
+        run also sends its first tasks (one transaction, no outbox); None when a root needs
+        the usual launch (``handoff.direct_launch`` says when)."""
+        k = self.store.keys
+        ops: list[tuple[Any, ...]] = []
+        pushes: dict[str, list[str]] = {}
+        for slug in ready:
+            node = c.nodes[slug]
+            try:
+                planned = direct_launch(
+                    self, c, node, list(repeated(node, [TaskPlan(0, None, {})]))
+                )
+            except DagworkerError:
+                return None  # the usual launch fails the node, naming the problem
+            if planned is None:
+                return None
+            specs, (queue, envelopes) = planned
+            ops += self.claim_ops(c.run_id, slug, at, launching=False)
+            ops += [
+                (
+                    k.task(c.run_id, slug, i),
+                    "hset",
+                    *("state", "queued", "attempt", 1, "queued_at", at),
+                    *("spec", json.dumps(spec, separators=(",", ":"))),
+                )
+                for i, spec in enumerate(specs)
+            ]
+            ops.append((k.node(c.run_id, slug), "hset", "tasks", len(specs), "launch_at", at))
+            ops.append((k.node(c.run_id, slug), "hset", "launched", 1))
+            ops.append((k.run(c.run_id), "hincrby", "tasks_total", len(specs)))
+            pushes.setdefault(queue, []).extend(envelopes)
+        return ops + [(queue, "lpush", *envelopes) for queue, envelopes in pushes.items()]
+
     def claim_ops(
-        self, run_id: str, slug: str, at: float, *, count: bool = True
+        self, run_id: str, slug: str, at: float, *, count: bool = True, launching: bool = True
     ) -> list[tuple[Any, ...]]:
+        """``launching``: the node enters the launching set (the reconciler resumes a launch
+        that stops); False when its tasks are created in the same transaction."""
         k = self.store.keys
         ops: list[tuple[Any, ...]] = [
             (k.nodes(run_id), "hset", slug, NodeState.RUNNING.value),
             (k.node(run_id, slug), "hset", "started_at", at),
-            (k.launching(run_id), "zadd", at, slug),
         ]
+        if launching:
+            ops.append((k.launching(run_id), "zadd", at, slug))
         if count:
             # running nodes are counted so a failing run knows when it has drained (§7)
             ops.append((k.run(run_id), "hincrby", "nodes_running", 1))

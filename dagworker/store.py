@@ -127,7 +127,7 @@ def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
         pipe.zadd(key, {args[1]: args[0]})
     elif verb == "del":
         pipe.delete(key)
-    elif verb in ("hset", "hdel", "hincrby", "sadd", "srem", "zrem", "rpush"):
+    elif verb in ("hset", "hdel", "hincrby", "sadd", "srem", "zrem", "rpush", "lpush"):
         pipe.execute_command(verb.upper(), key, *args)
     else:
         raise StoreError(f"unknown commit verb {verb!r}")
