@@ -26,6 +26,7 @@ from dagworker.faults import crash_point
 from dagworker.metrics import recorder
 from dagworker.pipeline import FanMode, Node, OnFailure, Retry
 from dagworker.plugin import Plugin
+from dagworker.states import RunState
 from dagworker.store import INLINE_OUTPUTS, STAGE_CHUNK, TaskBegin, encode_artifact
 
 if TYPE_CHECKING:
@@ -177,6 +178,10 @@ def _completed(
             handoff=handoff.plan(orch, c, slug, index, spec, encoded) if handing else None,
         )
     crash_point("after_finish", slug)
+    if finish.ended:
+        log.info("run %s completed", run_id)
+        if not finish.hooks:
+            recorder.run_finished(c.pipeline.name, RunState.COMPLETED.value)  # no hooks task
     if cached is not None and finish.verdict == "recorded":
         orch.store.record_cache_hit(run_id, slug, index)
     if finish.settle or finish.verdict == "duplicate":

@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagworker.errors import DagworkerError
+from dagworker.hooks import listened
 from dagworker.pipeline import Node
 from dagworker.routing import TaskPlan, plan_tasks
-from dagworker.store import decode_artifact
+from dagworker.states import RunState
+from dagworker.store import decode_artifact, now
 
 if TYPE_CHECKING:
     from dagworker.orchestrator import Compiled, Orchestrator
@@ -44,10 +46,12 @@ SOLO = "solo"
 
 @dataclass(frozen=True)
 class Handoff:
-    """What ``finish_task.lua`` applies: ``plan`` names ``keys`` by position (from KEYS[12])."""
+    """What ``finish_task.lua`` applies: ``plan`` names ``keys`` by position (from KEYS[12]);
+    ``at`` is the completion's time (the run's end event, when it ends there, carries it)."""
 
     plan: str
     keys: list[str]
+    at: float
 
 
 def direct_launch(
@@ -116,5 +120,17 @@ def plan(
         ]
         claim.append([succ, key(k.node(c.run_id, succ)), tasks])
     push = [[key(queue), envelopes] for queue, envelopes in pushes.items()]
-    body = {"epoch": c.epoch, "claim": claim, "wait": wait, "push": push}
-    return Handoff(json.dumps(body, separators=(",", ":")), keys)
+    at = now()
+    body: dict[str, Any] = {"epoch": c.epoch, "claim": claim, "wait": wait, "push": push}
+    if not c.graph.successors[slug]:
+        # Only a node without successors can be a run's last: the script ends the run when
+        # it is, as the orchestrator's commit would (store.end_ops).
+        body["end"] = {
+            "run": c.run_id,
+            "event": orch.store.event_json(at, RunState.COMPLETED),
+            "hooks": listened(RunState.COMPLETED.value),
+            "active": key(k.runs_active),
+            "events": key(k.events(c.run_id)),
+            "due": key(k.due),
+        }
+    return Handoff(json.dumps(body, separators=(",", ":")), keys, at)

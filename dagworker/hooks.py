@@ -73,6 +73,15 @@ def hooks_for(event: str) -> list[Hook]:
     return list(_hooks.get(event, ()))
 
 
+def listened(event: str) -> bool:
+    """Whether a run ending in ``event`` may have hooks to call: one is registered here, or this
+    process cannot tell (it is not a worker, and may not have loaded the plugin modules, which
+    is where hooks are registered). A child run's parent waits whatever this says."""
+    from dagworker.metrics import recorder
+
+    return bool(hooks_for(event)) or not recorder.bound
+
+
 def unregister(func: Hook) -> None:
     for funcs in _hooks.values():
         if func in funcs:

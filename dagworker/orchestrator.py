@@ -41,7 +41,7 @@ from dagworker.errors import (
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
 from dagworker.handoff import SOLO, direct_launch
-from dagworker.hooks import HOOK_EVENTS, hooks_for
+from dagworker.hooks import HOOK_EVENTS, listened
 from dagworker.inputs import Inputs
 from dagworker.metrics import recorder
 from dagworker.pipeline import FanMode, Node, OnFailure, Pipeline
@@ -313,12 +313,10 @@ class Orchestrator:
 
     @staticmethod
     def hooks_needed(run: Mapping[str, str], state: RunState) -> bool:
-        """Whether a run ending in ``state`` needs the hooks task: a hook registered for the
-        state (hooks live in plugin modules, which every worker loads), a parent run waiting
-        for this child, or a process that cannot tell (one that is not a worker and may not
-        have loaded the plugin modules). A worker ending a run nobody listens to saves a task:
-        a quarter of the tasks of a four-node run."""
-        return bool(run.get("parent")) or bool(hooks_for(state.value)) or not recorder.bound
+        """Whether a run ending in ``state`` needs the hooks task: a parent run waits for this
+        child, or a hook may listen (``hooks.listened``). A worker ending a run nobody listens
+        to saves a task: a quarter of the tasks of a four-node run."""
+        return bool(run.get("parent")) or listened(state.value)
 
     def compensable(self, c: Compiled) -> bool:
         """Whether any node's plugin has a rollback: then a failing run rolls back (§7)."""

@@ -119,6 +119,8 @@ class TaskFinish:
     verdict: str  # recorded | duplicate | stale
     settle: bool  # the node is in the settle set: the orchestrator must advance
     handed: bool = False  # the node settled and its successors launched (dagworker.handoff)
+    ended: bool = False  # handed, and it was the run's last node: the run completed
+    hooks: bool = False  # ended, and the run's hooks were scheduled
 
 
 def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
@@ -613,7 +615,7 @@ class Store:
             args=[
                 attempt,
                 outcome,
-                now(),
+                handoff.at if handoff else now(),
                 index,
                 slug,
                 n_out,
@@ -624,7 +626,8 @@ class Store:
                 *([] if staged_key else encoded_outputs),
             ],
         )
-        return TaskFinish(verdict, int(settle) == 1, int(settle) == 2)
+        code = int(settle)
+        return TaskFinish(verdict, code == 1, code >= 2, code >= 3, code == 4)
 
     def retry_task(
         self,

@@ -10,8 +10,8 @@
 -- this node); this script applies it only when the orchestrator would decide exactly that:
 -- the run is running at the epoch the plan was made for, no orchestrator holds the run lock,
 -- the node is running, each planned successor is pending and waits for this node alone, each
--- other successor still waits for another node, and the run does not end here. Anything else
--- falls back to the settle set. The handoff bumps the run's version like a commit, so an
+-- other successor still waits for another node, and, when the node is the run's last, no node
+-- of the run failed (the run completes here). Anything else falls back to the settle set. The handoff bumps the run's version like a commit, so an
 -- orchestrator that read before it (and whose lock had expired) cannot commit over it.
 --
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
@@ -23,9 +23,13 @@
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
 -- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[11..] are them
 -- ARGV[10] the handoff, JSON ('' for none): {epoch, claim: [[slug, node key, [[task key,
---          spec], ...]], ...], wait: [slug, ...], push: [[queue key, [envelope, ...]], ...]}
--- returns {verdict, settle}; verdict: recorded | duplicate | stale; settle: 0, 1 (the node is
---         in the settle set) or 2 (the node settled here and its successors were launched)
+--          spec], ...]], ...], wait: [slug, ...], push: [[queue key, [envelope, ...]], ...],
+--          end (a node with no successors): {run, event (its JSON), hooks (a hook listens),
+--          active, events, due (key positions)}}
+-- returns {verdict, settle}; verdict: recorded | duplicate | stale; settle: 0; 1 (the node is
+--         in the settle set); 2 (the node settled here and its successors were launched);
+--         3 (it was the run's last node and the run completed here), 4 (as 3, and the run's
+--         hooks were scheduled)
 -- (Fields are read and written with one HMGET / HSET per hash: every redis.call costs.)
 local task = redis.call('HMGET', KEYS[3], 'state', 'attempt', 'started_at', 'worker')
 local state = task[1]
@@ -114,11 +118,12 @@ local function handoff()
   end
   local run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'version', 'nodes_running',
                          'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
-                         'handoffs')
-  if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch
-      or tonumber(run[5] or '0') + 1 >= tonumber(run[6]) then
-    return false
-  end
+                         'handoffs', 'failed_nodes', 'parent')
+  if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch then return false end
+  local fin = plan['end']
+  local ending = tonumber(run[5] or '0') + 1 >= tonumber(run[6])
+  -- The run's last node: it ends here only when it completes the run (no node failed).
+  if ending and (not fin or (run[10] and run[10] ~= '[]')) then return false end
   if redis.call('EXISTS', KEYS[11]) == 1 then return false end
   -- It holds: what decide + commit + launch_batch + publish would have written.
   redis.call('HSET', KEYS[10], unpack(writes))
@@ -133,23 +138,38 @@ local function handoff()
                'launched', 1)
     launched = launched + #c[3]
   end
-  redis.call('HSET', KEYS[1], 'tasks_done', tonumber(run[8] or '0') + 1,
-             'nodes_settled', tonumber(run[5] or '0') + 1,
-             'nodes_running', tonumber(run[4] or '0') - 1 + #plan.claim,
-             'tasks_total', tonumber(run[7] or '0') + launched,
-             'version', tonumber(run[3] or '0') + 1,
-             'handoffs', tonumber(run[9] or '0') + 1)
+  local fields = {'tasks_done', tonumber(run[8] or '0') + 1,
+                  'nodes_settled', tonumber(run[5] or '0') + 1,
+                  'nodes_running', tonumber(run[4] or '0') - 1 + #plan.claim,
+                  'tasks_total', tonumber(run[7] or '0') + launched,
+                  'version', tonumber(run[3] or '0') + 1,
+                  'handoffs', tonumber(run[9] or '0') + 1}
+  if ending then
+    -- What store.end_ops writes for a completed run; its hooks only when someone listens.
+    fields[#fields + 1] = 'status'; fields[#fields + 1] = 'completed'
+    fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = now
+    fields[#fields + 1] = 'error'; fields[#fields + 1] = ''
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
   for _, p in ipairs(plan.push) do
     redis.call('LPUSH', KEYS[p[1]], unpack(p[2]))
   end
-  return true
+  if not ending then return 2 end
+  redis.call('ZREM', KEYS[fin.active], fin.run)
+  redis.call('RPUSH', KEYS[fin.events], fin.event)
+  if fin.hooks or run[11] then
+    redis.call('ZADD', KEYS[fin.due], ARGV[3], 'hook|' .. fin.run .. '|completed')
+    return 4
+  end
+  return 3
 end
 
-if handoff() then
+local handed = handoff()
+if handed then
   counters[#counters + 1] = 'finished_at'
   counters[#counters + 1] = ARGV[3]
   redis.call('HSET', KEYS[2], unpack(counters))
-  return {'recorded', 2}
+  return {'recorded', handed}
 end
 redis.call('HSET', KEYS[2], unpack(counters))
 redis.call('HINCRBY', KEYS[1], 'tasks_done', 1)

@@ -49,8 +49,10 @@ def test_chain_links_are_handed_off(client: Client, fleet: Deployment) -> None:
     handle = client.submit(p)
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    # a, b and c launched their successor themselves; d ended the run through the orchestrator
-    assert handoffs(client, handle.id) == 3
+    # a, b and c launched their successor themselves, and d, the last node, ended the run
+    assert handoffs(client, handle.id) == 4
+    assert client.store.r.zscore(client.store.keys.runs_active, handle.id) is None
+    assert [e["status"] for e in client.store.events(handle.id)][-1] == "completed"
     assert handle.outputs("d") == [{"path": ["a", "b", "c", "d"], "origin_seen": "a:0:0"}]
     assert Counter(c["node"] for c in fleet.calls(handle.id)) == dict.fromkeys("abcd", 1)
     for slug in "abcd":
@@ -74,9 +76,9 @@ def test_diamond_hands_off_the_fork_and_one_branch(client: Client, fleet: Deploy
     handle = client.submit(p)
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    # a claims b and c; the first of b and c to finish lowers d's barrier; the second, which
-    # makes d ready, and d, which ends the run, go through the orchestrator
-    assert handoffs(client, handle.id) == 2
+    # a claims b and c; the first of b and c to finish lowers d's barrier; the second makes d
+    # ready and goes through the orchestrator (d's inputs are not all its own); d ends the run
+    assert handoffs(client, handle.id) == 3
     assert Counter(c["node"] for c in fleet.calls(handle.id)) == dict.fromkeys("abcd", 1)
     assert status.nodes["d"].tasks == 1
     assert_clean(client, handle.id, 4)
@@ -106,10 +108,10 @@ def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
         assert handoffs(client, handle.id) == 0
     finally:
         lock.release()
-    # And once the lock is free, the orchestrator launches b and b hands c off
+    # And once the lock is free, the orchestrator launches b, b hands c off, c ends the run
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    assert handoffs(client, handle.id) == 1
+    assert handoffs(client, handle.id) == 2
     assert Counter(c["node"] for c in fleet.calls(handle.id)) == {"a": 2, "b": 1, "c": 1}
     assert_clean(client, handle.id, 3)
 
@@ -130,7 +132,27 @@ def test_a_paused_run_launches_nothing_until_resumed(client: Client, fleet: Depl
     assert handle.resume()
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
+    assert handoffs(client, handle.id) == 1  # b, launched on resume, ended the run
     assert Counter(c["node"] for c in fleet.calls(handle.id)) == {"a": 2, "b": 1}
+    assert_clean(client, handle.id, 2)
+
+
+def test_a_run_with_a_failed_node_is_not_completed_by_its_last_node(
+    client: Client, fleet: Deployment
+) -> None:
+    p = {
+        "name": "handoff-failed",
+        "nodes": [
+            node("bad", "t_fail", on_failure="continue"),
+            node("slow", "t_sleep", config={"seconds": 0.5}),
+        ],
+    }
+    handle = client.submit(p)
+    status = handle.wait(WAIT)
+    # slow settles last, after bad failed: the orchestrator ends the run, as failed
+    assert status.status == "failed", status.error
+    assert status.nodes["bad"].state == "failed" and status.nodes["slow"].state == "completed"
+    assert handoffs(client, handle.id) == 0
     assert_clean(client, handle.id, 2)
 
 
