@@ -56,6 +56,10 @@ log = logging.getLogger("dagworker.orchestrator")
 ACTIVE = frozenset({RunState.RUNNING.value, RunState.PAUSED.value})
 #: A launch reading its inputs refreshes its liveness every this many artifacts.
 HEARTBEAT_EVERY = 5_000
+#: A task's input artifacts are copied into its spec when there are at most this many and their
+#: JSON is at most this long (the spec, read when the task begins, then carries them).
+EMBED_INPUTS_MAX = 64
+EMBED_INPUTS_BYTES = 1_024
 
 
 class Publisher(Protocol):
@@ -395,12 +399,14 @@ class Orchestrator:
     ) -> tuple[int, bool, bool]:
         """Persist one batch then publish it. Returns (the cursor after it, the node is ready
         to settle, this batch closed the launch)."""
+        tasks = [(i, 1) for i in range(first, first + len(specs))]
+        push = self.publisher.envelopes(run_id, node, plugin, tasks)
         applied, cursor, ready = self.store.launch_batch(
-            run_id, node.slug, first, specs, now(), final
+            run_id, node.slug, first, specs, now(), final, push
         )
-        if applied:
+        if applied and push is None:
             crash_point("before_publish", node.slug)
-            self.publish(run_id, node, plugin, [(i, 1) for i in range(first, cursor)])
+            self.publish(run_id, node, plugin, tasks)
         # else someone else (a reconciler resuming us, or we resuming them) persisted it
         return cursor, ready, applied and final
 
@@ -444,6 +450,13 @@ class Orchestrator:
             spec["root"] = True
         else:
             spec["in"] = {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts}
+            # Small inputs travel in the spec: the task does not read them back, one command
+            # per input artifact less (the artifacts of a settled node never change).
+            embedded = [[a.origin, a.fields] for arts in plan.inputs.values() for a in arts]
+            if len(embedded) <= EMBED_INPUTS_MAX and (
+                len(json.dumps(embedded, separators=(",", ":"))) <= EMBED_INPUTS_BYTES
+            ):
+                spec["a"] = embedded
         if node.fan_mode is FanMode.AGGREGATE:
             spec["agg"] = True
         if plan.repeat_index:

@@ -476,9 +476,18 @@ class Store:
     # -- launching ------------------------------------------------------------------------------
 
     def launch_batch(
-        self, run_id: str, slug: str, first: int, specs: Sequence[str], at: float, final: bool
+        self,
+        run_id: str,
+        slug: str,
+        first: int,
+        specs: Sequence[str],
+        at: float,
+        final: bool,
+        push: tuple[str, Sequence[str]] | None = None,
     ) -> tuple[bool, int, bool]:
-        """Persist a batch (``launch_batch.lua``); ``final`` also closes the launch.
+        """Persist a batch (``launch_batch.lua``); ``final`` also closes the launch. ``push``
+        (a broker queue key on this Redis and the batch's envelopes) sends the messages in the
+        same step instead of recording the batch in the outbox for the caller to publish.
 
         Returns (applied, the node's cursor after it, the node is ready to settle).
         """
@@ -492,9 +501,19 @@ class Store:
                 k.run(run_id),
                 k.launching(run_id),
                 k.settle(run_id),
+                push[0] if push else k.outbox(run_id),
                 *task_keys,
             ],
-            args=[first, at, member, slug, "1" if final else "0", *specs],
+            args=[
+                first,
+                at,
+                member,
+                slug,
+                "1" if final else "0",
+                "1" if push else "0",
+                *specs,
+                *(push[1] if push else ()),
+            ],
         )
         return bool(applied), int(cursor), bool(ready)
 
@@ -555,15 +574,22 @@ class Store:
         if verdict != "run":
             return TaskBegin(verdict, {}, state)
         epoch, fetched, *pairs = rest
+        decoded = json.loads(spec) if spec else {}
         inputs: dict[str, Artifact] | None = None
-        if int(fetched):
+        if "a" in decoded:
+            ids = [aid for aids in decoded.get("in", {}).values() for aid in aids]
+            inputs = {
+                aid: Artifact(aid, aid.rsplit(":", 2)[0], origin, fields)
+                for aid, (origin, fields) in zip(ids, decoded["a"], strict=True)
+            }
+        elif int(fetched):
             inputs = {}
             for aid, raw in zip(pairs[::2], pairs[1::2], strict=True):
                 node, task_s, k_s = aid.rsplit(":", 2)
                 if raw is None:
                     raise StoreError(f"artifact {aid} of run {run_id!r} is missing")
                 inputs[aid] = decode_artifact(node, int(task_s), int(k_s), raw)
-        return TaskBegin(verdict, json.loads(spec) if spec else {}, state, epoch, inputs)
+        return TaskBegin(verdict, decoded, state, epoch, inputs)
 
     def record_cache_hit(self, run_id: str, slug: str, index: int) -> None:
         pipe = self.r.pipeline(transaction=False)

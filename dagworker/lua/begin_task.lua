@@ -40,7 +40,8 @@ local out = {'run', spec, state, run[2] or '', 0}
 if spec and #spec <= tonumber(ARGV[5]) then
   local decoded = cjson.decode(spec)
   out[5] = 1
-  if type(decoded['in']) == 'table' then
+  -- Inputs copied into the spec (the "a" list, orchestrator.py EMBED_INPUTS_*) need no read.
+  if type(decoded['in']) == 'table' and decoded['a'] == nil then
     for _, ids in pairs(decoded['in']) do
       for _, id in ipairs(ids) do
         local node, index, k = string.match(id, '^(.*):(%d+):(%d+)$')

@@ -9,12 +9,18 @@
 -- its messages are sent because every task of the node is then persisted and the batch is in
 -- the outbox: a crash before the publish is repaired from the outbox, not by a relaunch.
 --
+-- When the broker is this Redis, the batch's messages are pushed here instead (ARGV[6] = 1):
+-- the tasks and their messages then exist together or not at all, and there is no outbox
+-- entry to write, remove or repair.
+--
 -- KEYS[1]  node hash     KEYS[2] outbox zset     KEYS[3] run hash    KEYS[4] launching zset
--- KEYS[5]  run "settle" set
--- KEYS[6..] the task hashes of the batch, in index order
+-- KEYS[5]  run "settle" set   KEYS[6] the broker queue list (when ARGV[6] is 1)
+-- KEYS[7..] the task hashes of the batch, in index order
 -- ARGV[1]  first index   ARGV[2] now   ARGV[3] outbox member   ARGV[4] slug
 -- ARGV[5]  1 when this is the launch's last batch, else 0
--- ARGV[6..] per task: spec JSON (same order as KEYS[6..])
+-- ARGV[6]  1 to push the messages, 0 to record the batch in the outbox
+-- ARGV[7..] per task: spec JSON (same order as KEYS[7..]); then, when pushing, per task its
+--          message envelope (same order)
 -- returns  {applied, cursor, ready}: applied 1 when persisted, 0 when this batch already was
 --          (cursor is then the node's cursor, for the caller to resume from); ready 1 when a
 --          closing batch found every task done (the node is in the settle set)
@@ -24,13 +30,17 @@ local first = tonumber(ARGV[1])
 if cursor ~= first then
   return {0, cursor, 0}
 end
-local n = #KEYS - 5
+local n = #KEYS - 6
 for i = 1, n do
-  redis.call('HSET', KEYS[5 + i], 'state', 'queued', 'attempt', 1, 'spec', ARGV[5 + i],
+  redis.call('HSET', KEYS[6 + i], 'state', 'queued', 'attempt', 1, 'spec', ARGV[6 + i],
              'queued_at', ARGV[2])
 end
 redis.call('HINCRBY', KEYS[3], 'tasks_total', n)
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[6] == '1' then
+  redis.call('LPUSH', KEYS[6], unpack(ARGV, 7 + n, 6 + 2 * n))
+else
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
 local ready = 0
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], 'tasks', first + n, 'launch_at', ARGV[2], 'launched', 1)

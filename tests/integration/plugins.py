@@ -54,6 +54,13 @@ def t_echo_input(ctx: TaskContext) -> dict[str, Any]:
     return {"input": ctx.input, "origin": ctx.origin}
 
 
+@plugin("t_echo_artifact")
+def t_echo_artifact(ctx: TaskContext) -> dict[str, Any]:
+    """Return the input artifact as the task saw it (fan mode single)."""
+    note(ctx)
+    return {"artifact": ctx.artifact}
+
+
 @plugin("t_append")
 def t_append(ctx: TaskContext, step: str = "") -> dict[str, Any]:
     """Chain link: append this node to the path carried by the input artifact."""

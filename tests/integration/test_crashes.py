@@ -112,10 +112,15 @@ def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
     # Given a healthy worker already up, and a victim (the only one on a's queue) that dies
     # after persisting b's task but before sending its message
     healthy = crashy.start_worker()
+    other_name = crashy.settings.redis_url.replace("127.0.0.1", "localhost")
+    assert other_name != crashy.settings.redis_url, "the test Redis must be on 127.0.0.1"
     victim = crashy.start_worker(
         queues=f"only-a,{crashy.settings.default_queue}",
         DAGWORKER_FAULTS="before_publish:b",
-        DAGWORKER_HANDOFF="0",  # a handoff sends b's message in the script that creates it
+        # The same Redis named differently: the victim treats the broker as another server, so
+        # it records b's batch in the outbox and publishes after (with the broker on the run
+        # store, the message is pushed by the script that creates b's task: no window).
+        DAGWORKER_BROKER_URL=other_name,
     )
     client = crashy.client()
     chain = {

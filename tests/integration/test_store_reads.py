@@ -8,7 +8,9 @@ answers; ``begin_task`` hands back the task's inputs.
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from dagworker import Client
 from dagworker.store import READ_CHUNK, Store, encode_artifact
 from tests.conftest import Deployment
 
@@ -80,3 +82,57 @@ def test_begin_task_returns_the_inputs(isolated: Deployment) -> None:
     # And a second delivery of a finished attempt gets nothing to run
     store.r.hset(k.task("r3", "n", 0), "state", "completed")
     assert store.begin_task("r3", "n", 0, 1, "host").verdict == "finished"
+
+
+def test_inputs_carried_in_the_spec_are_not_read(isolated: Deployment) -> None:
+    # Given a queued task whose spec carries its inputs (small ones, as the launcher writes)
+    # and names artifacts that are not in Redis at all
+    store = isolated.client().store
+    k = store.keys
+    store.r.hset(k.run("r4"), mapping={"status": "running", "epoch": ""})
+    spec = {
+        "o": "a:0:0",
+        "in": {"a": ["a:0:0"], "b": ["b:2:1", "b:2:0"]},
+        "a": [[None, {"x": 1}], ["a:0:0", {"y": 2}], ["a:0:0", {"y": 3}]],
+    }
+    store.r.hset(
+        k.task("r4", "n", 0), mapping={"state": "queued", "attempt": 1, "spec": json.dumps(spec)}
+    )
+    # When it begins, its inputs are those of the spec, in the order it names them
+    begin = store.begin_task("r4", "n", 0, 1, "host")
+    assert begin.verdict == "run" and begin.inputs is not None
+    assert [(a.id, a.node, a.origin, a.fields) for a in begin.inputs.values()] == [
+        ("a:0:0", "a", None, {"x": 1}),
+        ("b:2:1", "b", "a:0:0", {"y": 2}),
+        ("b:2:0", "b", "a:0:0", {"y": 3}),
+    ]
+
+
+def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: Deployment) -> None:
+    # Given small artifacts (media files) and one large artifact (2 kB), each consumed by tasks
+    blob = "x" * 2_000
+    p = {
+        "name": "embed",
+        "nodes": [
+            {"slug": "files", "plugin": "t_files"},
+            {"slug": "big", "plugin": "t_kwargs", "config": {"blob": blob}},
+            {"slug": "small_in", "plugin": "t_echo_artifact", "depends_on": ["files"]},
+            {"slug": "big_in", "plugin": "t_echo_artifact", "depends_on": ["big"]},
+        ],
+    }
+    handle = client.submit(p)
+    assert handle.wait(60).status == "completed"
+
+    def specs(slug: str) -> list[dict[str, Any]]:
+        n = handle.status().nodes[slug].tasks
+        return [json.loads(client.store.task(handle.id, slug, i)["spec"]) for i in range(n)]
+
+    # Then each small input travels in its task's spec, and the task saw exactly those fields
+    small = specs("small_in")
+    assert len(small) == 5 and all(len(s["a"]) == 1 for s in small)
+    echoed = sorted(json.dumps(o["artifact"], sort_keys=True) for o in handle.outputs("small_in"))
+    assert echoed == sorted(json.dumps(s["a"][0][1], sort_keys=True) for s in small)
+    # and the large one is read from the store when the task begins
+    (large,) = specs("big_in")
+    assert "a" not in large
+    assert [o["artifact"] for o in handle.outputs("big_in")] == [{"kwargs": {"blob": blob}}]
