@@ -54,11 +54,11 @@ def t_echo_input(ctx: TaskContext) -> dict[str, Any]:
     return {"input": ctx.input, "origin": ctx.origin}
 
 
-@plugin("t_echo_artifact")
-def t_echo_artifact(ctx: TaskContext) -> dict[str, Any]:
-    """Return the input artifact as the task saw it (fan mode single)."""
+@plugin("t_echo_all")
+def t_echo_all(ctx: TaskContext) -> dict[str, Any]:
+    """Return every input artifact as the task saw it, in order."""
     note(ctx)
-    return {"artifact": ctx.artifact}
+    return {"artifacts": ctx.artifacts}
 
 
 @plugin("t_append")

@@ -109,15 +109,27 @@ def test_inputs_carried_in_the_spec_are_not_read(isolated: Deployment) -> None:
 
 
 def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: Deployment) -> None:
-    # Given small artifacts (media files) and one large artifact (2 kB), each consumed by tasks
+    # Given tasks with several small inputs (aggregates of the media files), with one small
+    # input each (one task per file), and with several inputs one of which is large (2 kB)
     blob = "x" * 2_000
     p = {
         "name": "embed",
         "nodes": [
             {"slug": "files", "plugin": "t_files"},
             {"slug": "big", "plugin": "t_kwargs", "config": {"blob": blob}},
-            {"slug": "small_in", "plugin": "t_echo_artifact", "depends_on": ["files"]},
-            {"slug": "big_in", "plugin": "t_echo_artifact", "depends_on": ["big"]},
+            {
+                "slug": "all",
+                "plugin": "t_echo_all",
+                "depends_on": ["files"],
+                "fan_mode": "aggregate",
+            },
+            {"slug": "each", "plugin": "t_echo_all", "depends_on": ["files"]},
+            {
+                "slug": "mixed",
+                "plugin": "t_echo_all",
+                "depends_on": ["files", "big"],
+                "fan_mode": "aggregate",
+            },
         ],
     }
     handle = client.submit(p)
@@ -127,12 +139,13 @@ def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: 
         n = handle.status().nodes[slug].tasks
         return [json.loads(client.store.task(handle.id, slug, i)["spec"]) for i in range(n)]
 
-    # Then each small input travels in its task's spec, and the task saw exactly those fields
-    small = specs("small_in")
-    assert len(small) == 5 and all(len(s["a"]) == 1 for s in small)
-    echoed = sorted(json.dumps(o["artifact"], sort_keys=True) for o in handle.outputs("small_in"))
-    assert echoed == sorted(json.dumps(s["a"][0][1], sort_keys=True) for s in small)
-    # and the large one is read from the store when the task begins
-    (large,) = specs("big_in")
-    assert "a" not in large
-    assert [o["artifact"] for o in handle.outputs("big_in")] == [{"kwargs": {"blob": blob}}]
+    files = handle.outputs("files")
+    # Then the aggregate's five small inputs travel in its spec, in the order the task saw them
+    (agg,) = specs("all")
+    assert [fields for _, fields in agg["a"]] == files
+    assert handle.outputs("all") == [{"artifacts": files}]
+    # and a task with a single input, or with a large one among them, reads them when it begins
+    assert all("a" not in s for s in specs("each")) and len(specs("each")) == 5
+    (mixed,) = specs("mixed")
+    assert "a" not in mixed
+    assert handle.outputs("mixed") == [{"artifacts": [*files, {"kwargs": {"blob": blob}}]}]
