@@ -175,7 +175,7 @@ def _completed(
             encoded_outputs=encoded,
             staged_key=staged,
             staged_count=count,
-            handoff=handoff.plan(orch, c, slug, index, spec, encoded) if handing else None,
+            handoff=_handoff(orch, c, slug, index, spec, encoded) if handing else None,
         )
     crash_point("after_finish", slug)
     if finish.ended:
@@ -187,6 +187,25 @@ def _completed(
     if finish.settle or finish.verdict == "duplicate":
         orch.advance(run_id, settling=slug if finish.settle else None)
     return "completed" if finish.verdict == "recorded" else finish.verdict
+
+
+def _handoff(
+    orch: Orchestrator,
+    c: Compiled,
+    slug: str,
+    index: int,
+    spec: dict[str, Any],
+    encoded: list[str],
+) -> handoff.Handoff | None:
+    """The handoff plan; a planning bug must not lose the completion it rides on (the
+    orchestrator's usual path then plans the same launch and reports what fails)."""
+    try:
+        return handoff.plan(orch, c, slug, index, spec, encoded)
+    except Exception:
+        log.exception(
+            "run %s node %s: handoff not planned; the orchestrator settles", c.run_id, slug
+        )
+        return None
 
 
 def finish_with_outputs(

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 #: The spec flag of a task that is its node's only one.
 SOLO = "solo"
+#: A node with more successors than this is settled by the orchestrator (the script's reads
+#: and writes of their states stay well inside what one Lua call may unpack).
+MAX_SUCCESSORS = 1_000
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ def plan(
     claim: list[list[Any]] = []
     wait: list[str] = []
     pushes: dict[str, list[str]] = {}
+    if len(c.graph.successors[slug]) > MAX_SUCCESSORS:
+        return None
     for succ in c.graph.successors[slug]:
         if c.graph.predecessors[succ] != (slug,):
             wait.append(succ)
@@ -119,6 +124,8 @@ def plan(
             for i, s in enumerate(specs)
         ]
         claim.append([succ, key(k.node(c.run_id, succ)), tasks])
+    if sum(len(envelopes) for envelopes in pushes.values()) > orch.store.settings.launch_batch:
+        return None  # more than one launch batch: the orchestrator launches in batches
     push = [[key(queue), envelopes] for queue, envelopes in pushes.items()]
     at = now()
     body: dict[str, Any] = {"epoch": c.epoch, "claim": claim, "wait": wait, "push": push}

@@ -186,13 +186,14 @@ class Deployment:
     def queue_length(self, queue: str | None = None) -> int:
         return int(self.redis.llen(f"{self.prefix}:kombu:{queue or self.settings.default_queue}"))
 
-    def drained(self) -> bool:
-        """Nothing queued, unacknowledged or scheduled: with solo workers and prefetch 1,
-        every message sent so far has been processed."""
+    def drained(self, scheduled: bool = False) -> bool:
+        """Nothing queued or unacknowledged (and, with ``scheduled``, nothing in the due set:
+        no retry or hooks task waiting to be sent). With solo workers and prefetch 1, every
+        message sent so far has then been processed."""
         return (
             self.queue_length() == 0
             and not self.redis.hlen(f"{self.prefix}:kombu:unacked")
-            and not self.redis.zcard(f"{self.prefix}:due")
+            and not (scheduled and self.redis.zcard(f"{self.prefix}:due"))
         )
 
     def close(self) -> None:

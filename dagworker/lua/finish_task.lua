@@ -76,7 +76,8 @@ if outcome == 'failed' or attempt > 1 then
   redis.call('ZADD', KEYS[9], 'NX', ARGV[3], ARGV[4])
 end
 -- The node's counters: read once, written once (this script is atomic, like HINCRBY).
-local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks', 'done', outcome)
+local node = redis.call('HMGET', KEYS[2], 'launched', 'tasks', 'done', outcome, 'failed',
+                        'cancelled', 'launch_failed')
 local done = tonumber(node[3] or '0') + 1
 local counters = {'done', done, outcome, tonumber(node[4] or '0') + 1}
 if node[1] ~= '1' or done < tonumber(node[2]) then
@@ -88,7 +89,10 @@ end
 -- The node's last task. Hand its successors off here when the plan still holds; the checks
 -- that fail most often (a successor becoming ready, the run ending) come first.
 local function handoff()
-  if ARGV[10] == '' or outcome ~= 'completed' or tonumber(node[2]) ~= 1 then
+  -- (decide() fails a node with a failed or cancelled task or a failed launch: none here)
+  if ARGV[10] == '' or outcome ~= 'completed' or tonumber(node[2]) ~= 1
+      or tonumber(node[5] or '0') > 0 or tonumber(node[6] or '0') > 0
+      or tonumber(node[7] or '0') > 0 then
     return false
   end
   local plan = cjson.decode(ARGV[10])

@@ -37,7 +37,11 @@ for i = 1, n do
 end
 redis.call('HINCRBY', KEYS[3], 'tasks_total', n)
 if ARGV[6] == '1' then
-  redis.call('LPUSH', KEYS[6], unpack(ARGV, 7 + n, 6 + 2 * n))
+  -- In chunks: Lua's unpack refuses some thousands of values, and a script that errors
+  -- keeps what it wrote (DAGWORKER_LAUNCH_BATCH has no upper bound).
+  for i = 7 + n, 6 + 2 * n, 1000 do
+    redis.call('LPUSH', KEYS[6], unpack(ARGV, i, math.min(i + 999, 6 + 2 * n)))
+  end
 else
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 end

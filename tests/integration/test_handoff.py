@@ -9,6 +9,7 @@ from typing import Any
 
 from dagworker import Client
 from dagworker.handoff import SOLO, plan
+from dagworker.lock import RunLock
 from dagworker.orchestrator import compile_run
 from dagworker.pipeline import Pipeline
 from dagworker.tasks import task_id, task_name
@@ -97,7 +98,7 @@ def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
     }
     handle = client.submit(p)
     # Given the run's lock held (as by an orchestrator deciding) while a finishes
-    lock = client.store.lock(handle.id)
+    lock = RunLock(client.store.r, client.store.keys.lock(handle.id), 60.0)
     lock.acquire()
     try:
         wait_for(lambda: client.store.task(handle.id, "a", 0)["state"] == "completed", WAIT)
@@ -149,10 +150,16 @@ def test_a_run_with_a_failed_node_is_not_completed_by_its_last_node(
     }
     handle = client.submit(p)
     status = handle.wait(WAIT)
-    # slow settles last, after bad failed: the orchestrator ends the run, as failed
+    # The run fails: whichever node settles last, a failed node keeps the handoff from
+    # completing the run
     assert status.status == "failed", status.error
     assert status.nodes["bad"].state == "failed" and status.nodes["slow"].state == "completed"
-    assert handoffs(client, handle.id) == 0
+    finished = {
+        slug: float(client.store.r.hget(client.store.keys.node(handle.id, slug), "finished_at"))
+        for slug in ("bad", "slow")
+    }
+    # slow (usually last) ended nothing by handoff; had it settled first, it settled by one
+    assert handoffs(client, handle.id) == (0 if finished["slow"] > finished["bad"] else 1)
     assert_clean(client, handle.id, 2)
 
 
@@ -241,3 +248,10 @@ def test_what_qualifies_for_a_handoff(client: Client) -> None:
     many = [json.dumps({"o": None, "f": {"i": i}}) for i in range(501)]
     c = _compiled(client, [node("a", "t_emit"), node("b", "t_append", "a")])
     assert plan(orch, c, "a", 0, solo, many) is None
+    # nor when the successors' tasks together are more than a launch batch
+    some = many[:300]
+    c = _compiled(
+        client, [node("a", "t_emit"), node("b", "t_append", "a"), node("c", "t_append", "a")]
+    )
+    assert plan(orch, c, "a", 0, solo, some[:250]) is not None
+    assert plan(orch, c, "a", 0, solo, some) is None

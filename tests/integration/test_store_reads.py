@@ -149,3 +149,25 @@ def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: 
     (mixed,) = specs("mixed")
     assert "a" not in mixed
     assert handle.outputs("mixed") == [{"artifacts": [*files, {"kwargs": {"blob": blob}}]}]
+
+
+def test_a_launch_batch_larger_than_lua_unpacks_pushes_every_message(isolated: Deployment) -> None:
+    # Given a batch of 9,000 tasks (more values than one Lua unpack takes) pushed by the script
+    store = isolated.client().store
+    k = store.keys
+    n = 9_000
+    queue = f"{isolated.prefix}:kombu:big-batch"
+    store.r.hset(k.run("r5"), mapping={"status": "running", "tasks_total": 0})
+    specs = [json.dumps({"o": None, "i": i}) for i in range(n)]
+    envelopes = [f"message-{i}" for i in range(n)]
+    # When it is persisted and sent in one step
+    push = (queue, envelopes)
+    applied, cursor, ready = store.launch_batch("r5", "big", 0, specs, 1.0, True, push)
+    # Then every task exists, every message is queued in order, and the launch is closed
+    assert (applied, cursor, ready) == (True, n, False)
+    assert store.r.llen(queue) == n
+    assert store.r.lrange(queue, -1, -1) == ["message-0"]  # LPUSH: the first is at the right
+    assert int(store.r.hget(k.run("r5"), "tasks_total")) == n
+    assert store.r.hget(k.node("r5", "big"), "launched") == "1"
+    assert store.task("r5", "big", n - 1)["state"] == "queued"
+    assert store.r.zcard(k.outbox("r5")) == 0
