@@ -8,13 +8,17 @@ import io
 import pstats
 
 from bench.measure import Bench
-from bench.shapes import chain_shape, fanout_shape
+from bench.shapes import chain_shape, diamonds_shape, fanout_shape
 
 TOP = 30
 
 
 def run(bench: Bench, quick: bool) -> None:
-    shapes = [fanout_shape(2_000 if quick else 10_000), chain_shape(50 if quick else 200)]
+    shapes = [
+        fanout_shape(2_000 if quick else 10_000),
+        chain_shape(50 if quick else 200),
+        diamonds_shape(50),
+    ]
     for shape in shapes:
         sample = bench.measure("dag", shape, hop=False)
         print(f"  .. profiled {shape.name}: {sample.wall_s:.1f}s", flush=True)

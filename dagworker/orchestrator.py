@@ -247,7 +247,7 @@ class Orchestrator:
             claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
             self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], claims)
         else:
-            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
+            version = self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
             copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
             ops: list[tuple[Any, ...]] = [
                 (k.run(run_id), "hset", "tasks_total", copied),
@@ -255,7 +255,7 @@ class Orchestrator:
                 *((k.nodes(run_id), "hset", slug, state) for slug, state in reused.items()),
             ]
             claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
-            self.store.commit(run_id, 0, ops + claims)
+            self.store.commit(run_id, version, ops + claims)
         # This process launches the roots: it knows the run without reading it back.
         self.cache.put(c)
         for slug in ready:

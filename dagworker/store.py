@@ -178,34 +178,35 @@ class Store:
         waits: Mapping[str, int],
         events: Sequence[Mapping[str, Any]] = (),
         ops: Sequence[tuple[Any, ...]] = (),
-    ) -> None:
+    ) -> int:
         """Write a new run with all nodes pending; refuses to overwrite an existing run id.
 
         ``events`` are appended after the "pending" one, and ``ops`` (``commit`` ops, e.g. the
-        roots' claims) applied, in the same transaction: with ops the run starts at version 1,
-        as if they had been committed on the new run.
+        roots' claims, tasks and messages) applied, in the same atomic step. Returns the run's
+        version (1).
         """
         k = self.keys
-        if not self.r.hsetnx(k.run(run_id), "id", run_id):
-            raise StoreError(f"run {run_id!r} already exists")
-        nodes: dict[str, Any] = {}
+        nodes: list[Any] = []
         for slug, wait in waits.items():
-            nodes[slug] = "pending"
-            nodes[f"{slug}:wait"] = wait
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(k.run(run_id), mapping={**record, "version": 1 if ops else 0})
-        pipe.set(k.pipeline(run_id), pipeline_json)
-        pipe.hset(k.nodes(run_id), mapping=nodes)
-        pipe.zadd(k.runs_active, {run_id: record["created_at"]})
-        pipe.zadd(k.runs_all, {run_id: record["created_at"]})
-        pipe.rpush(
-            k.events(run_id),
-            json.dumps({"at": record["created_at"], "status": "pending"}),
-            *(json.dumps(dict(e)) for e in events),
-        )
-        for key, verb, *args in ops:
-            _queue_op(pipe, key, verb, *args)
-        pipe.execute()
+            nodes += [slug, "pending", f"{slug}:wait", wait]
+        events_json = [json.dumps({"at": record["created_at"], "status": "pending"})]
+        events_json += [json.dumps(dict(e)) for e in events]
+        fields = [x for item in record.items() for x in item]
+        creation: list[tuple[Any, ...]] = [
+            (k.run(run_id), "hset", *fields),
+            (k.pipeline(run_id), "set", pipeline_json),
+            # in parts: one Lua call takes some thousands of arguments at most
+            *((k.nodes(run_id), "hset", *nodes[i : i + 400]) for i in range(0, len(nodes), 400)),
+            (k.runs_active, "zadd", record["created_at"], run_id),
+            (k.runs_all, "zadd", record["created_at"], run_id),
+            (k.events(run_id), "rpush", *events_json),
+        ]
+        # One script (commit.lua in its "new" mode): refused whole if the id is taken.
+        keys, args = self._commit_args(run_id, "new", [*creation, *ops], None)
+        version = int(self._eval_pipeline([("commit", keys, args)])[0])
+        if version == -2:
+            raise StoreError(f"run {run_id!r} already exists")
+        return version
 
     def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> int:
         """Copy settled nodes (counters and artifacts) of run ``src`` into the new run ``dst``.
@@ -425,7 +426,11 @@ class Store:
         return result, reads
 
     def _commit_args(
-        self, run_id: str, version: int, ops: Sequence[tuple[Any, ...]], lock: RunLock | None
+        self,
+        run_id: str,
+        version: int | str,
+        ops: Sequence[tuple[Any, ...]],
+        lock: RunLock | None,
     ) -> tuple[list[str], list[Any]]:
         keys = [self.keys.run(run_id), self.keys.lock(run_id)]
         positions: dict[str, int] = {keys[0]: 1}

@@ -8,15 +8,25 @@
 --
 -- KEYS[1]   run hash (holds the "version" fence)   KEYS[2] the run lock
 -- KEYS[3..] every other key an op names, by position (all share the run's hash tag)
--- ARGV[1]   the version the caller read
+-- ARGV[1]   the version the caller read, or 'new': the run is being created and must not
+--           exist yet (its creation, one step with its roots' tasks and messages)
 -- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value [field value
 --           ...] | hdel field | hincrby field n | sadd member | srem member [member ...] |
---           zadd score member | zrem member | rpush value | del
+--           zadd score member | zrem member | rpush value [value ...] | lpush value
+--           [value ...] | set value | del
 -- ARGV[3]   the caller's lock token, '' when it holds no lock
--- returns   the new version, or -1 when the run changed (nothing written)
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[1]) then
+-- returns   the new version, -1 when the run changed, -2 when a run to create exists
+--           (nothing written in either case)
+if ARGV[1] == 'new' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
+elseif tonumber(redis.call('HGET', KEYS[1], 'version') or '0') ~= tonumber(ARGV[1]) then
   return -1
+end
+-- Lua's unpack refuses some thousands of values: long pushes go in chunks.
+local function push(verb, key, op)
+  for i = 3, #op, 1000 do
+    redis.call(verb, key, unpack(op, i, math.min(i + 999, #op)))
+  end
 end
 local ops = cjson.decode(ARGV[2])
 for _, op in ipairs(ops) do
@@ -29,7 +39,9 @@ for _, op in ipairs(ops) do
   elseif verb == 'srem' then redis.call('SREM', key, unpack(op, 3))
   elseif verb == 'zadd' then redis.call('ZADD', key, op[3], op[4])
   elseif verb == 'zrem' then redis.call('ZREM', key, op[3])
-  elseif verb == 'rpush' then redis.call('RPUSH', key, op[3])
+  elseif verb == 'rpush' then push('RPUSH', key, op)
+  elseif verb == 'lpush' then push('LPUSH', key, op)
+  elseif verb == 'set' then redis.call('SET', key, op[3])
   elseif verb == 'del' then redis.call('DEL', key)
   else return redis.error_reply('commit.lua: unknown verb ' .. tostring(verb))
   end

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from dagworker import Client
+from dagworker.errors import StoreError
 from dagworker.store import READ_CHUNK, Store, encode_artifact
 from tests.conftest import Deployment
 
@@ -171,3 +174,20 @@ def test_a_launch_batch_larger_than_lua_unpacks_pushes_every_message(isolated: D
     assert store.r.hget(k.node("r5", "big"), "launched") == "1"
     assert store.task("r5", "big", n - 1)["state"] == "queued"
     assert store.r.zcard(k.outbox("r5")) == 0
+
+
+def test_create_run_writes_a_large_pipeline_once(isolated: Deployment) -> None:
+    # Given a pipeline of 3,000 nodes (more node-state fields than one Lua call unpacks)
+    store = isolated.client().store
+    waits = {f"n{i}": i % 3 for i in range(3_000)}
+    record = {"id": "r6", "status": "running", "created_at": 1.5, "nodes_total": len(waits)}
+    # When the run is created, every node is pending with its wait count, at version 1
+    assert store.create_run("r6", record, "{}", waits) == 1
+    nodes = store.nodes("r6")
+    assert len(nodes) == 6_000 and nodes["n2999"] == "pending" and nodes["n2999:wait"] == "2"
+    assert store.run("r6")["nodes_total"] == "3000"
+    assert [e["status"] for e in store.events("r6")] == ["pending"]
+    # and creating it again is refused, with nothing changed
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_run("r6", {**record, "status": "failed"}, "{}", {"x": 0})
+    assert store.run("r6")["status"] == "running" and "x" not in store.nodes("r6")
