@@ -1,37 +1,29 @@
-"""Run state in Redis: the only module (with ``lock``) that talks to Redis.
+"""Run state in Redis: runs, nodes and tasks (with ``lock``, the only code that talks to Redis).
 
-Every atomic step is a named Lua script in ``dagworker/lua``; this module wraps them with typed
-methods and does the plain reads. It knows nothing about Celery.
+Every atomic step is a named Lua script in ``dagworker/lua``; ``Store`` wraps them with typed
+methods and does the plain reads. It knows nothing about Celery. Artifacts and compensations
+are its parts in ``outputs`` and ``compensations``.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.exceptions import NoScriptError
-
-from dagworker.artifact import Artifact, artifact_id
+from dagworker.artifact import Artifact
 from dagworker.errors import RunNotFound, StoreError
-from dagworker.keys import Keys
 from dagworker.lock import RunLock
 from dagworker.settings import Settings
 from dagworker.states import RunState
+from dagworker.store.base import connect, now
+from dagworker.store.compensations import CompensationStore
+from dagworker.store.outputs import OutputStore, decode_artifact
+from dagworker.store.records import Prefetched, TaskBegin, TaskFinish, _HashFields
 
 if TYPE_CHECKING:
     from dagworker.handoff import Handoff
 
-#: Outputs up to this many go to the completion script inline; more are staged in chunks.
-INLINE_OUTPUTS = 200
-STAGE_CHUNK = 1_000
-STAGING_TTL_S = 86_400
-READ_CHUNK = 5_000
 #: At most this many arguments per merged commit op (Lua's unpack has a stack limit).
 MERGE_ARGS = 1_000
 #: begin_task.lua returns the inputs of a task whose spec is at most this long (a task reading
@@ -39,130 +31,8 @@ MERGE_ARGS = 1_000
 BEGIN_INPUTS_SPEC_BYTES = 2_048
 
 
-def now() -> float:
-    return round(time.time(), 6)
-
-
-@cache
-def _lua(name: str) -> str:
-    return resources.files("dagworker").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
-
-
-def encode_artifact(origin: str | None, fields: Mapping[str, Any]) -> str:
-    return json.dumps({"o": origin, "f": fields}, separators=(",", ":"))
-
-
-def decode_artifact(node: str, task: int, k: int, raw: str | bytes) -> Artifact:
-    data = json.loads(raw)
-    return Artifact(artifact_id(node, task, k), node, data["o"], data["f"])
-
-
-class _HashFields:
-    """Fields of one Redis hash: some prefetched in one HMGET, the rest read on first use."""
-
-    def __init__(self, r: Any, key: str, prefetch: Sequence[str]) -> None:
-        self.r = r
-        self.key = key
-        wanted = list(dict.fromkeys(prefetch))
-        values = r.hmget(key, wanted) if wanted else []
-        self.cache: dict[str, str | None] = dict(zip(wanted, values, strict=True))
-
-    def get(self, field: str) -> str | None:
-        if field not in self.cache:
-            self.cache[field] = self.r.hget(self.key, field)
-        return self.cache[field]
-
-
-class LazyMap(Mapping[str, Any]):
-    """A read-through Mapping over ``_HashFields`` that never reads the whole hash."""
-
-    def __init__(
-        self, source: _HashFields, convert: Callable[[str], Any], suffix: str = ""
-    ) -> None:
-        self.source = source
-        self.convert = convert
-        self.suffix = suffix
-
-    def __getitem__(self, key: str) -> Any:
-        value = self.source.get(key + self.suffix)
-        if value is None:
-            raise KeyError(key)
-        return self.convert(value)
-
-    def __iter__(self) -> Iterator[str]:
-        raise TypeError("LazyMap is not iterable: the point is not to read every field")
-
-    def __len__(self) -> int:
-        raise TypeError("LazyMap has no length")
-
-
-@dataclass(frozen=True)
-class TaskBegin:
-    verdict: str  # run | finished | stale | inactive | missing
-    spec: dict[str, Any]
-    state: str
-    epoch: str | None = None  # the run's input epoch, when the task may run
-    #: The task's input artifacts by id, when begin_task.lua read them (None: read them).
-    inputs: dict[str, Artifact] | None = None
-
-
-@dataclass(frozen=True)
-class Prefetched:
-    """Node-state fields and node counters read ahead, with the run lock (``decide_reads``)."""
-
-    fields: dict[str, str | None]
-    counters: dict[str, dict[str, str]]
-
-
-@dataclass(frozen=True)
-class TaskFinish:
-    verdict: str  # recorded | duplicate | stale
-    settle: bool  # the node is in the settle set: the orchestrator must advance
-    handed: bool = False  # the node settled and its successors launched (dagworker.handoff)
-    ended: bool = False  # handed, and it was the run's last node: the run completed
-    hooks: bool = False  # ended, and the run's hooks were scheduled
-
-
-def _queue_op(pipe: Any, key: str, verb: str, *args: Any) -> None:
-    """One ``commit`` op (see commit.lua for the verbs) as a plain command on ``pipe``."""
-    if verb == "zadd":
-        pipe.zadd(key, {args[1]: args[0]})
-    elif verb == "del":
-        pipe.delete(key)
-    elif verb in ("hset", "hdel", "hincrby", "sadd", "srem", "zrem", "rpush", "lpush"):
-        pipe.execute_command(verb.upper(), key, *args)
-    else:
-        raise StoreError(f"unknown commit verb {verb!r}")
-
-
-def connect(url: str) -> redis.Redis:
-    """A client for ``redis://`` or ``rediss://`` URLs (password and TLS options in the URL)."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-
-
-class Store:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        # Any: redis-py's annotations cannot express decode_responses=True (every reply is str).
-        self.r: Any = client
-        self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self._scripts = {
-            name: client.register_script(_lua(name))
-            for name in (
-                "commit",
-                "launch_batch",
-                "finish_launch",
-                "begin_task",
-                "finish_task",
-                "retry_task",
-                "claim_due",
-                "mark_compensations",
-                "finish_comp_launch",
-                "begin_compensation",
-                "finish_compensation",
-                "read_outputs",
-            )
-        }
+class Store(OutputStore, CompensationStore):
+    """Runs, nodes and tasks: creation, reads, the run lock, commits, launches, completions."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -455,29 +325,6 @@ class Store:
         token = lock.token if lock is not None else ""
         return keys, [version, json.dumps(encoded), token]
 
-    def _eval_pipeline(
-        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """Run scripts ``(name, keys, args)`` in one pipelined round trip; replies in order,
-        errors as exception objects.
-
-        EVALSHA directly: redis-py's pipelined Script objects would first ask SCRIPT EXISTS (a
-        round trip more each time). When the server lost the first call's script (a restart,
-        SCRIPT FLUSH), that call did not run: the scripts are loaded and everything is sent
-        again (the calls after the first only read).
-        """
-        for attempt in (1, 2):
-            pipe = self.r.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            if attempt == 1 and isinstance(replies[0], NoScriptError):
-                for name in {name for name, _, _ in calls}:
-                    self._scripts[name].sha = self.r.script_load(self._scripts[name].script)
-                continue
-            return replies
-        raise AssertionError("unreachable")
-
     # -- launching ------------------------------------------------------------------------------
 
     def launch_batch(
@@ -600,14 +447,6 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.task(run_id, slug, index), "cached", 1)
         pipe.hincrby(self.keys.node(run_id, slug), "cache_hits", 1)
-        pipe.execute()
-
-    def stage_outputs(self, key: str, encoded: Sequence[str]) -> None:
-        """Append outputs of a delivery in progress; they expire if the worker dies."""
-        pipe = self.r.pipeline(transaction=False)
-        if encoded:
-            pipe.rpush(key, *encoded)
-        pipe.expire(key, STAGING_TTL_S)
         pipe.execute()
 
     def finish_task(
@@ -751,222 +590,6 @@ class Store:
     def task(self, run_id: str, slug: str, index: int) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.task(run_id, slug, index))
         return data
-
-    # -- artifacts ------------------------------------------------------------------------------
-
-    def iter_artifacts(self, run_id: str, slug: str) -> Iterator[Artifact]:
-        """Every committed artifact of a node: task order, then emission order.
-
-        Tasks with few outputs (the usual fan-out: one each) are read many per round trip;
-        a task with very many outputs is streamed in chunks, so memory stays bounded either way.
-        """
-        counts = self.r.hgetall(self.keys.counts(run_id, slug))
-        return self._iter_outputs(run_id, self._output_plan(slug, counts))
-
-    def read_artifacts(
-        self,
-        run_id: str,
-        slugs: Sequence[str],
-        heartbeat: Callable[[], None] | None = None,
-        every: int = READ_CHUNK,
-        replies: Mapping[str, Any] | None = None,
-    ) -> dict[str, list[Artifact]]:
-        """The artifacts of several nodes (as ``iter_artifacts``), in one pipelined round trip
-        of ``read_outputs.lua`` (one per node) when each has at most READ_CHUNK; the outputs of
-        larger nodes follow in pipelined chunks, ``heartbeat`` called every ``every`` of them.
-        ``replies``: ``read_outputs.lua`` replies already read (``commit_and_read``)."""
-        have = dict(replies or {})
-        todo = [s for s in slugs if s not in have]
-        if todo:
-            calls = [self._read_outputs_call(run_id, s) for s in todo]
-            for slug, reply in zip(todo, self._eval_pipeline(calls), strict=True):
-                if isinstance(reply, Exception):
-                    raise reply
-                have[slug] = reply
-        out: dict[str, list[Artifact]] = {slug: [] for slug in slugs}
-        plan: list[tuple[str, int, int]] = []
-        read = 0
-        for slug in slugs:
-            inline, *flat = have[slug]
-            if int(inline):
-                for index_s, raw in sorted(
-                    zip(flat[::2], flat[1::2], strict=True), key=lambda p: int(p[0])
-                ):
-                    index = int(index_s)
-                    out[slug].extend(decode_artifact(slug, index, k, v) for k, v in enumerate(raw))
-                    read += len(raw)
-            else:
-                counts = dict(zip(flat[::2], flat[1::2], strict=True))
-                plan += self._output_plan(slug, counts)
-        for i, artifact in enumerate(self._iter_outputs(run_id, plan), read + 1):
-            out[artifact.node].append(artifact)
-            if heartbeat is not None and i % every == 0:
-                heartbeat()
-        return out
-
-    def _read_outputs_call(self, run_id: str, slug: str) -> tuple[str, list[str], list[Any]]:
-        return (
-            "read_outputs",
-            [self.keys.counts(run_id, slug)],
-            [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
-        )
-
-    @staticmethod
-    def _output_plan(slug: str, counts: Mapping[str, str]) -> list[tuple[str, int, int]]:
-        """``(slug, task index, outputs)`` in task order; tasks without outputs left out."""
-        tasks = sorted(int(i) for i in counts)
-        return [(slug, index, n) for index in tasks if (n := int(counts[str(index)])) > 0]
-
-    def _iter_outputs(
-        self, run_id: str, plan: Sequence[tuple[str, int, int]]
-    ) -> Iterator[Artifact]:
-        batch: list[tuple[str, int, int]] = []
-        size = 0
-        for slug, index, n in plan:
-            if n > READ_CHUNK:
-                yield from self._read_outputs(run_id, batch)
-                batch, size = [], 0
-                key = self.keys.outputs(run_id, slug, index)
-                for start in range(0, n, READ_CHUNK):
-                    raw = self.r.lrange(key, start, min(n, start + READ_CHUNK) - 1)
-                    for offset, item in enumerate(raw):
-                        yield decode_artifact(slug, index, start + offset, item)
-                continue
-            batch.append((slug, index, n))
-            size += n
-            if size >= READ_CHUNK:
-                yield from self._read_outputs(run_id, batch)
-                batch, size = [], 0
-        yield from self._read_outputs(run_id, batch)
-
-    def _read_outputs(
-        self, run_id: str, tasks: Sequence[tuple[str, int, int]]
-    ) -> Iterator[Artifact]:
-        """The outputs of several tasks in one pipelined round trip."""
-        if not tasks:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for slug, index, n in tasks:
-            pipe.lrange(self.keys.outputs(run_id, slug, index), 0, n - 1)
-        for (slug, index, _), raw in zip(tasks, pipe.execute(), strict=True):
-            for k, item in enumerate(raw):
-                yield decode_artifact(slug, index, k, item)
-
-    def fetch_artifacts(self, run_id: str, ids: Sequence[str]) -> list[Artifact]:
-        """Artifacts by id, in the order given; one round trip per 5,000 distinct tasks."""
-        groups: dict[tuple[str, int], list[int]] = {}
-        parsed: list[tuple[str, int, int]] = []
-        for aid in ids:
-            node_slug, task_s, k_s = aid.rsplit(":", 2)
-            parsed.append((node_slug, int(task_s), int(k_s)))
-            groups.setdefault((node_slug, int(task_s)), []).append(int(k_s))
-        pipe = self.r.pipeline(transaction=False)
-        order = list(groups)
-        for node, task in order:
-            wanted = groups[(node, task)]
-            if len(wanted) == 1:
-                pipe.lindex(self.keys.outputs(run_id, node, task), wanted[0])
-            else:
-                pipe.lrange(self.keys.outputs(run_id, node, task), min(wanted), max(wanted))
-        found: dict[tuple[str, int, int], Artifact] = {}
-        for (node, task), raw in zip(order, pipe.execute(), strict=True):
-            wanted = groups[(node, task)]
-            if len(wanted) == 1:
-                items = {wanted[0]: raw}
-            else:
-                items = {min(wanted) + i: v for i, v in enumerate(raw)}
-            for k, value in items.items():
-                if value is None:
-                    raise StoreError(f"artifact {node}:{task}:{k} of run {run_id!r} is missing")
-                found[(node, task, k)] = decode_artifact(node, task, k, value)
-        return [found[p] for p in parsed]
-
-    def task_outputs(self, run_id: str, slug: str, index: int) -> list[Artifact]:
-        raw = self.r.lrange(self.keys.outputs(run_id, slug, index), 0, -1)
-        return [decode_artifact(slug, index, k, v) for k, v in enumerate(raw)]
-
-    # -- compensations ---------------------------------------------------------------------------
-
-    def task_states(self, run_id: str, slug: str, first: int, last: int) -> list[str]:
-        pipe = self.r.pipeline(transaction=False)
-        for i in range(first, last + 1):
-            pipe.hget(self.keys.task(run_id, slug, i), "state")
-        return [s or "" for s in pipe.execute()]
-
-    def mark_compensations(
-        self, run_id: str, slug: str, indices: Sequence[int], include_failed: bool
-    ) -> list[tuple[int, int]]:
-        """Queue the compensation of these tasks; returns ``(index, attempt)`` newly queued."""
-        k = self.keys
-        flat = self._scripts["mark_compensations"](
-            keys=[k.run(run_id), k.node(run_id, slug), *(k.task(run_id, slug, i) for i in indices)],
-            args=[now(), "1" if include_failed else "0"],
-        )
-        return [(indices[int(flat[j]) - 1], int(flat[j + 1])) for j in range(0, len(flat), 2)]
-
-    def queued_compensations(
-        self, run_id: str, slug: str, first: int, last: int
-    ) -> list[tuple[int, int]]:
-        """``(index, attempt)`` of compensations still queued (a launch being resumed)."""
-        pipe = self.r.pipeline(transaction=False)
-        for i in range(first, last + 1):
-            pipe.hmget(self.keys.task(run_id, slug, i), "rb_state", "rb_attempt")
-        return [
-            (first + i, int(attempt))
-            for i, (state, attempt) in enumerate(pipe.execute())
-            if state == "queued"
-        ]
-
-    def finish_comp_launch(self, run_id: str, slug: str) -> bool:
-        k = self.keys
-        ready = self._scripts["finish_comp_launch"](
-            keys=[k.node(run_id, slug), k.comp_settle(run_id), k.comp_launching(run_id)],
-            args=[slug],
-        )
-        return bool(ready)
-
-    def begin_compensation(
-        self, run_id: str, slug: str, index: int, attempt: int, worker: str
-    ) -> TaskBegin:
-        k = self.keys
-        verdict, spec, state = self._scripts["begin_compensation"](
-            keys=[k.run(run_id), k.task(run_id, slug, index)], args=[attempt, now(), worker]
-        )
-        return TaskBegin(verdict, json.loads(spec) if spec else {}, state)
-
-    def finish_compensation(
-        self,
-        run_id: str,
-        slug: str,
-        index: int,
-        attempt: int,
-        ok: bool,
-        error: str = "",
-        traceback: str = "",
-        handoff: Handoff | None = None,
-    ) -> TaskFinish:
-        k = self.keys
-        verdict, settle = self._scripts["finish_compensation"](
-            keys=[
-                k.node(run_id, slug),
-                k.task(run_id, slug, index),
-                k.comp_settle(run_id),
-                k.history(run_id, slug, index),
-                k.notable(run_id, slug),
-            ],
-            args=[attempt, "done" if ok else "failed", now(), slug, error, traceback, index],
-        )
-        return TaskFinish(verdict, bool(settle))
-
-    def comp_settle_pending(self, run_id: str) -> set[str]:
-        members: set[str] = self.r.smembers(self.keys.comp_settle(run_id))
-        return members
-
-    def stale_comp_launches(self, run_id: str, older_than: float) -> list[str]:
-        slugs: list[str] = self.r.zrangebyscore(
-            self.keys.comp_launching(run_id), "-inf", older_than
-        )
-        return slugs
 
     def add_event(self, run_id: str, event: Mapping[str, Any]) -> None:
         self.r.rpush(self.keys.events(run_id), json.dumps(event))
