@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagworker.errors import PluginSignatureError, did_you_mean
+from dagworker.metrics import recorder
 from dagworker.states import RunState
 
 log = logging.getLogger("dagworker.hooks")
@@ -77,8 +78,6 @@ def listened(event: str) -> bool:
     """Whether a run ending in ``event`` may have hooks to call: one is registered here, or this
     process cannot tell (it is not a worker, and may not have loaded the plugin modules, which
     is where hooks are registered). A child run's parent waits whatever this says."""
-    from dagworker.metrics import recorder
-
     return bool(hooks_for(event)) or not recorder.bound
 
 

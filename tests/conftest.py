@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from dagworker import Client, Settings
+from dagworker.tasks import task_id, task_name
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("DAGWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -186,6 +187,17 @@ class Deployment:
     def queue_length(self, queue: str | None = None) -> int:
         return int(self.redis.llen(f"{self.prefix}:kombu:{queue or self.settings.default_queue}"))
 
+    def redeliver(self, client: Client, run_id: str, plugin: str, slug: str, index: int) -> None:
+        """Send a task's first-attempt message again, as a broker redelivery would (same id,
+        same attempt)."""
+        app = client.orchestrator.publisher.app  # type: ignore[attr-defined]
+        app.send_task(
+            task_name(plugin),
+            kwargs={"run": run_id, "node": slug, "task": index, "attempt": 1},
+            task_id=task_id(run_id, slug, index, 1),
+            queue=self.settings.default_queue,
+        )
+
     def drained(self, scheduled: bool = False) -> bool:
         """Nothing queued or unacknowledged (and, with ``scheduled``, nothing in the due set:
         no retry or hooks task waiting to be sent). With solo workers and prefetch 1, every
@@ -206,6 +218,11 @@ class Deployment:
                 self.redis.delete(*keys)
             if cursor == 0:
                 break
+
+
+def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    """A pipeline node as the tests write them."""
+    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 def wait_for(predicate: Any, timeout: float = 90.0) -> None:

@@ -96,15 +96,15 @@ local function handoff()
     return false
   end
   local plan = cjson.decode(ARGV[10])
-  local fields = {ARGV[5]}
+  local wanted = {ARGV[5]}
   for _, c in ipairs(plan.claim) do
-    fields[#fields + 1] = c[1]
-    fields[#fields + 1] = c[1] .. ':wait'
+    wanted[#wanted + 1] = c[1]
+    wanted[#wanted + 1] = c[1] .. ':wait'
   end
   for _, w in ipairs(plan.wait) do
-    fields[#fields + 1] = w .. ':wait'
+    wanted[#wanted + 1] = w .. ':wait'
   end
-  local states = redis.call('HMGET', KEYS[10], unpack(fields))
+  local states = redis.call('HMGET', KEYS[10], unpack(wanted))
   if states[1] ~= 'running' then return false end
   local writes = {ARGV[5], 'completed'}
   local i = 2
@@ -129,7 +129,9 @@ local function handoff()
   -- The run's last node: it ends here only when it completes the run (no node failed).
   if ending and (not fin or (run[10] and run[10] ~= '[]')) then return false end
   if redis.call('EXISTS', KEYS[11]) == 1 then return false end
-  -- It holds: what decide + commit + launch_batch + publish would have written.
+  -- It holds: what decide + commit + launch_batch + publish would have written. A queued
+  -- task's record is written by launch_batch.lua, here and by Orchestrator._direct_roots;
+  -- tests/integration/test_handoff.py holds the three to the same fields.
   redis.call('HSET', KEYS[10], unpack(writes))
   local now = ARGV[3]
   local launched = 0
@@ -142,7 +144,7 @@ local function handoff()
                'launched', 1)
     launched = launched + #c[3]
   end
-  local fields = {'tasks_done', tonumber(run[8] or '0') + 1,
+  local run_fields = {'tasks_done', tonumber(run[8] or '0') + 1,
                   'nodes_settled', tonumber(run[5] or '0') + 1,
                   'nodes_running', tonumber(run[4] or '0') - 1 + #plan.claim,
                   'tasks_total', tonumber(run[7] or '0') + launched,
@@ -150,11 +152,11 @@ local function handoff()
                   'handoffs', tonumber(run[9] or '0') + 1}
   if ending then
     -- What store.end_ops writes for a completed run; its hooks only when someone listens.
-    fields[#fields + 1] = 'status'; fields[#fields + 1] = 'completed'
-    fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = now
-    fields[#fields + 1] = 'error'; fields[#fields + 1] = ''
+    run_fields[#run_fields + 1] = 'status'; run_fields[#run_fields + 1] = 'completed'
+    run_fields[#run_fields + 1] = 'finished_at'; run_fields[#run_fields + 1] = now
+    run_fields[#run_fields + 1] = 'error'; run_fields[#run_fields + 1] = ''
   end
-  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('HSET', KEYS[1], unpack(run_fields))
   for _, p in ipairs(plan.push) do
     redis.call('LPUSH', KEYS[p[1]], unpack(p[2]))
   end

@@ -9,6 +9,9 @@
 -- its messages are sent because every task of the node is then persisted and the batch is in
 -- the outbox: a crash before the publish is repaired from the outbox, not by a relaunch.
 --
+-- The same queued-task record is written by finish_task.lua (handoff) and by
+-- Orchestrator._direct_roots (a run's roots); test_handoff.py holds the three to the same fields.
+--
 -- When the broker is this Redis, the batch's messages are pushed here instead (ARGV[6] = 1):
 -- the tasks and their messages then exist together or not at all, and there is no outbox
 -- entry to write, remove or repair.

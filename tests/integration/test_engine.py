@@ -8,14 +8,9 @@ from typing import Any
 import pytest
 
 from dagworker import Client, NodeState, PipelineInvalid
-from dagworker.tasks import task_id, task_name
-from tests.conftest import Deployment, wait_for
+from tests.conftest import Deployment, node, wait_for
 
 WAIT = 120
-
-
-def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 def pipeline(name: str, *nodes: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -125,14 +120,8 @@ def test_completion_delivered_twice_dispatches_nothing_extra(
     before = handle.status()
     calls_before = len(fleet.calls(handle.id))
     # When the message of an already-completed task is delivered again (same id, same attempt)
-    app = client.orchestrator.publisher.app  # type: ignore[attr-defined]
     for index in range(3):
-        app.send_task(
-            task_name("t_double"),
-            kwargs={"run": handle.id, "node": "b", "task": index, "attempt": 1},
-            task_id=task_id(handle.id, "b", index, 1),
-            queue=fleet.settings.default_queue,
-        )
+        fleet.redeliver(client, handle.id, "t_double", "b", index)
     # and the outcome of one is recorded a second time directly
     dup = client.store.finish_task(
         handle.id, "b", 0, 1, "completed", encoded_outputs=['{"o":null,"f":{"forged":true}}']

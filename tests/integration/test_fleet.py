@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.conftest import Deployment, service
+from tests.conftest import Deployment, node, service
 
 WAIT = 120
 T = TypeVar("T")
@@ -55,10 +55,6 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
-
-
-def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 # -- queues ----------------------------------------------------------------------------------

@@ -12,14 +12,9 @@ from dagworker.handoff import SOLO, plan
 from dagworker.lock import RunLock
 from dagworker.orchestrator import compile_run
 from dagworker.pipeline import Pipeline
-from dagworker.tasks import task_id, task_name
-from tests.conftest import Deployment, wait_for
+from tests.conftest import Deployment, node, wait_for
 
 WAIT = 60
-
-
-def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 def handoffs(client: Client, run_id: str) -> int:
@@ -173,13 +168,7 @@ def test_a_duplicated_completion_hands_nothing_off_twice(client: Client, fleet: 
     before = handle.status().model_dump()
     calls = len(fleet.calls(handle.id))
     # When a's message is delivered again
-    app = client.orchestrator.publisher.app  # type: ignore[attr-defined]
-    app.send_task(
-        task_name("t_append"),
-        kwargs={"run": handle.id, "node": "a", "task": 0, "attempt": 1},
-        task_id=task_id(handle.id, "a", 0, 1),
-        queue=fleet.settings.default_queue,
-    )
+    fleet.redeliver(client, handle.id, "t_append", "a", 0)
     # and its completion is recorded again with the handoff a worker would plan for it
     orch = client.orchestrator
     c = orch.compiled(handle.id)
@@ -255,3 +244,41 @@ def test_what_qualifies_for_a_handoff(client: Client) -> None:
     )
     assert plan(orch, c, "a", 0, solo, some[:250]) is not None
     assert plan(orch, c, "a", 0, solo, some) is None
+
+
+def test_every_path_writes_the_same_records(client: Client, fleet: Deployment) -> None:
+    # The record of a queued task and of a launched node is written in three places (a run's
+    # creation for its roots, a handoff, launch_batch.lua) and a run's end in two (a handoff,
+    # the orchestrator's commit): they must write the same fields.
+    ends_by_handoff = {
+        "name": "records-a",
+        "nodes": [
+            node("src", "t_emit", config={"n": 2}),  # created with the run
+            node("each", "t_noop", "src"),  # handed off by src
+            node("total", "t_count", "each", fan_mode="aggregate"),  # launched, then ends it
+        ],
+    }
+    ends_by_orchestrator = {
+        "name": "records-b",
+        "nodes": [node("src", "t_emit", config={"n": 2}), node("each", "t_noop", "src")],
+    }
+    a = client.submit(ends_by_handoff)
+    b = client.submit(ends_by_orchestrator)
+    assert a.wait(WAIT).status == "completed" and b.wait(WAIT).status == "completed"
+    wait_for(lambda: fleet.drained(scheduled=True), 30)  # hooks have run for both
+    assert (handoffs(client, a.id), handoffs(client, b.id)) == (2, 1)
+    store, r = client.store, client.store.r
+
+    def task_fields(run_id: str, slug: str) -> set[str]:
+        return set(store.task(run_id, slug, 0))
+
+    def node_fields(run_id: str, slug: str) -> set[str]:
+        return set(r.hgetall(store.keys.node(run_id, slug)))
+
+    assert task_fields(a.id, "src") == task_fields(a.id, "each") == task_fields(a.id, "total")
+    assert node_fields(a.id, "src") == node_fields(a.id, "each") == node_fields(a.id, "total")
+    assert set(store.run(a.id)) == set(store.run(b.id))
+    for run_id in (a.id, b.id):
+        assert [e["status"] for e in store.events(run_id)] == ["pending", "running", "completed"]
+        assert r.zscore(store.keys.runs_active, run_id) is None
+        assert_clean(client, run_id, 4 if run_id == a.id else 3)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from dagworker import Client
-from dagworker.tasks import task_id, task_name
 from tests.conftest import Deployment, deployment, wait_for
 
 WAIT = 60
@@ -41,13 +40,7 @@ def test_completed_hook_called_once_even_when_final_completion_is_redelivered(
     assert [c["status"] for c in hook_calls(fleet, handle.id)] == ["completed"]
     # When the completion that finalised the run is delivered again, and the hooks are
     # scheduled again
-    app = client.orchestrator.publisher.app  # type: ignore[attr-defined]
-    app.send_task(
-        task_name("t_append"),
-        kwargs={"run": handle.id, "node": "b", "task": 0, "attempt": 1},
-        task_id=task_id(handle.id, "b", 0, 1),
-        queue=fleet.settings.default_queue,
-    )
+    fleet.redeliver(client, handle.id, "t_append", "b", 0)
     client.orchestrator.publisher.publish_hooks(handle.id, "completed")
     drain(fleet)
     # Then the hook still ran exactly once

@@ -24,13 +24,9 @@ import redis
 from dagworker import Client, PipelineError, Settings
 from dagworker.errors import RunNotFound
 from dagworker.worker import create_app
-from tests.conftest import ROOT, TEST_PLUGINS, Deployment, make_deployment, wait_for
+from tests.conftest import ROOT, TEST_PLUGINS, Deployment, make_deployment, node, wait_for
 
 WAIT = 120
-
-
-def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 def keys_of(deployment: Deployment) -> list[str]:

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from dagworker import Client
-from tests.conftest import Deployment
+from tests.conftest import Deployment, node
 
 WAIT = 120
-
-
-def node(slug: str, plugin: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    return {"slug": slug, "plugin": plugin, "depends_on": list(deps), **extra}
 
 
 def test_scatter_gather_grouped_merge(client: Client, fleet: Deployment) -> None:
