@@ -10,14 +10,21 @@ completion only when the orchestrator would have decided exactly that (the scrip
 lists the conditions); otherwise the node goes to the settle set as before and nothing planned
 here is written.
 
-What qualifies, decided here from the pipeline alone:
+What qualifies, decided here from the pipeline and one read of the run:
 
 - the task is its node's only one (``solo`` in its spec: the launcher marks it);
-- every successor either depends on this node alone, or waits for another node too (its
-  barrier only moves down);
-- each successor that depends on this node alone is a plugin node (not a sub-pipeline) whose
-  plan has between one and ``launch_batch`` tasks, and its messages can be written by the
-  script: the broker is the run store's Redis (``CeleryPublisher.envelopes``).
+- every successor either becomes ready with this completion (it depends on this node alone, or
+  its other dependencies had all completed when the plan was made: a join whose last
+  dependency this is), or waits for another node too (its barrier only moves down);
+- each successor that becomes ready is a plugin node (not a sub-pipeline) whose plan has
+  between one and ``launch_batch`` tasks, and its messages can be written by the script: the
+  broker is the run store's Redis (``CeleryPublisher.envelopes``);
+- a join's other dependencies have at most ``MAX_JOIN_INPUTS`` artifacts together: they are
+  read here, on the completion path (committed artifacts never change, so the read needs no
+  lock). The script claims a join only if its barrier still waits for this node alone, which
+  holds exactly when those dependencies have settled; when two of them finish at the same time
+  and both saw the other running, the second completion finds the barrier at one and falls
+  back to the orchestrator, as before.
 
 The messages are pushed by the script that creates their tasks, so there is no outbox entry
 and no window between persisting and publishing for the reconciler to repair.
@@ -30,11 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dagworker.artifact import Artifact
 from dagworker.errors import DagworkerError
 from dagworker.hooks import listened
+from dagworker.inputs import Inputs
 from dagworker.pipeline import Node
 from dagworker.routing import TaskPlan, plan_tasks
-from dagworker.states import RunState
+from dagworker.states import NodeState, RunState
 from dagworker.store import decode_artifact, now
 
 if TYPE_CHECKING:
@@ -45,6 +54,9 @@ SOLO = "solo"
 #: A node with more successors than this is settled by the orchestrator (the script's reads
 #: and writes of their states stay well inside what one Lua call may unpack).
 MAX_SUCCESSORS = 1_000
+#: A join whose other dependencies have more artifacts than this together is launched by the
+#: orchestrator (the completion path reads at most this many).
+MAX_JOIN_INPUTS = 1_000
 
 
 @dataclass(frozen=True)
@@ -106,13 +118,21 @@ def plan(
     pushes: dict[str, list[str]] = {}
     if len(c.graph.successors[slug]) > MAX_SUCCESSORS:
         return None
+    ready, inputs = _joins(orch, c, slug, outputs)
     for succ in c.graph.successors[slug]:
-        if c.graph.predecessors[succ] != (slug,):
+        alone = c.graph.predecessors[succ] == (slug,)
+        if not alone and succ not in ready:
             wait.append(succ)
             continue
         node = c.nodes[succ]
         try:
-            planned = direct_launch(orch, c, node, plan_tasks(node, {slug: outputs}))
+            if alone:
+                given = {slug: outputs}
+            elif inputs is not None:
+                given = inputs.of(node)
+            else:
+                return None  # a join with too many inputs to read here
+            planned = direct_launch(orch, c, node, plan_tasks(node, given))
         except DagworkerError:
             return None  # the orchestrator's launch reports it
         if planned is None:
@@ -141,3 +161,33 @@ def plan(
             "due": key(k.due),
         }
     return Handoff(json.dumps(body, separators=(",", ":")), keys, at)
+
+
+def _joins(
+    orch: Orchestrator, c: Compiled, slug: str, outputs: list[Artifact]
+) -> tuple[set[str], Inputs | None]:
+    """The successors of ``slug`` that wait for other nodes too and whose other dependencies
+    have all completed (this completion makes them ready), and what their launches plan from:
+    those dependencies' artifacts and ``outputs``; None when they are too many to read here.
+
+    One HMGET of the other dependencies' states; their artifacts only when a join is ready.
+    """
+    preds = c.graph.predecessors
+    joins = [s for s in c.graph.successors[slug] if preds[s] != (slug,)]
+    others = list(dict.fromkeys(p for s in joins for p in preds[s] if p != slug))
+    if not others:
+        return set(), None
+    store = orch.store
+    done = NodeState.COMPLETED.value
+    states = dict(zip(others, store.r.hmget(store.keys.nodes(c.run_id), others), strict=True))
+    ready = {s for s in joins if all(states[p] == done for p in preds[s] if p != slug)}
+    if not ready:
+        return ready, None
+    needed = list(dict.fromkeys(p for s in ready for p in preds[s] if p != slug))
+    replies = store.inline_outputs(c.run_id, needed, max(1, MAX_JOIN_INPUTS // len(needed)))
+    if replies is None:
+        return ready, None
+    inputs = Inputs(store, c.run_id, c.nodes, {slug: done, **{p: done for p in needed}})
+    inputs.artifacts[slug] = outputs
+    inputs.replies.update(replies)
+    return ready, inputs

@@ -93,11 +93,24 @@ class OutputStore(StoreBase):
                 heartbeat()
         return out
 
-    def _read_outputs_call(self, run_id: str, slug: str) -> tuple[str, list[str], list[Any]]:
+    def inline_outputs(self, run_id: str, slugs: Sequence[str], most: int) -> dict[str, Any] | None:
+        """``read_outputs.lua`` replies for these nodes (``read_artifacts`` takes them), in one
+        round trip, when each has at most ``most`` artifacts; None when one has more."""
+        replies = self._eval_pipeline([self._read_outputs_call(run_id, s, most) for s in slugs])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            if not int(reply[0]):
+                return None
+        return dict(zip(slugs, replies, strict=True))
+
+    def _read_outputs_call(
+        self, run_id: str, slug: str, most: int = READ_CHUNK
+    ) -> tuple[str, list[str], list[Any]]:
         return (
             "read_outputs",
             [self.keys.counts(run_id, slug)],
-            [self.keys.outputs_prefix(run_id, slug), READ_CHUNK],
+            [self.keys.outputs_prefix(run_id, slug), most],
         )
 
     @staticmethod

@@ -59,25 +59,131 @@ def test_chain_links_are_handed_off(client: Client, fleet: Deployment) -> None:
     assert_clean(client, handle.id, 4)
 
 
-def test_diamond_hands_off_the_fork_and_one_branch(client: Client, fleet: Deployment) -> None:
-    p = {
-        "name": "handoff-diamond",
+DIAMOND = {
+    "name": "handoff-diamond",
+    "nodes": [
+        node("a", "t_append"),
+        node("b", "t_append", "a"),
+        node("c", "t_append", "a"),
+        node("d", "t_join", "b", "c", fan_mode="aggregate"),
+    ],
+}
+
+
+def test_a_join_is_launched_by_its_last_dependency(isolated: Deployment) -> None:
+    # One worker: b finishes before c starts, so c's completion finds b completed
+    isolated.start_worker()
+    client = isolated.client()
+    fan_in = {
+        "name": "handoff-fan-in",
         "nodes": [
-            node("a", "t_append"),
-            node("b", "t_append", "a"),
-            node("c", "t_append", "a"),
-            node("d", "t_join", "b", "c", fan_mode="aggregate"),
+            node("r1", "t_append"),
+            node("r2", "t_append"),
+            node("r3", "t_append"),
+            node("x", "t_join", "r1", "r2", "r3", fan_mode="aggregate"),
+            node("y", "t_join", "r1", "r2", "r3", fan_mode="aggregate"),
         ],
     }
-    handle = client.submit(p)
+    diamond, layers = client.submit(DIAMOND), client.submit(fan_in)
+    for handle in (diamond, layers):
+        status = handle.wait(WAIT)
+        assert status.status == "completed", status.error
+        assert Counter(c["node"] for c in isolated.calls(handle.id)) == dict.fromkeys(
+            status.nodes, 1
+        )
+    # a claims b and c; b lowers d's barrier; c, d's last dependency, claims d; d ends the run
+    assert handoffs(client, diamond.id) == 4
+    assert diamond.outputs("d") == [{"seen": ["a", "a", "b", "c"]}]
+    assert_clean(client, diamond.id, 4)
+    # r1 and r2 lower the barriers; r3 claims both joins with all three inputs; the first join
+    # to finish leaves the run to the second, which ends it
+    assert handoffs(client, layers.id) == 5
+    assert layers.outputs("x") == layers.outputs("y") == [{"seen": ["r1", "r2", "r3"]}]
+    assert_clean(client, layers.id, 5)
+
+
+def test_branches_finishing_together_leave_the_join_to_the_orchestrator(
+    isolated: Deployment,
+) -> None:
+    # Given b and c running at once, each planned while the other was still running (this test
+    # plays the workers' part: begin, plan, finish)
+    client = isolated.client()
+    store, orch = client.store, client.orchestrator
+    handle = client.submit(DIAMOND)
+    run_id = handle.id
+
+    def begin(slug: str) -> dict[str, Any]:
+        started = store.begin_task(run_id, slug, 0, 1, "test")
+        assert started.verdict == "run"
+        return started.spec
+
+    def output(slug: str) -> list[str]:
+        path = ["a"] if slug == "a" else ["a", slug]
+        return [json.dumps({"o": None, "f": {"path": path}})]
+
+    spec = begin("a")
+    c = orch.compiled(run_id)
+    handed = plan(orch, c, "a", 0, spec, output("a"))
+    first = store.finish_task(
+        run_id, "a", 0, 1, "completed", encoded_outputs=output("a"), handoff=handed
+    )
+    assert first.handed
+    specs = {slug: begin(slug) for slug in "bc"}
+    plans = {slug: plan(orch, c, slug, 0, specs[slug], output(slug)) for slug in "bc"}
+    for planned in plans.values():
+        assert planned is not None and json.loads(planned.plan)["wait"] == ["d"]
+    # When both finish with those plans
+    b = store.finish_task(
+        run_id, "b", 0, 1, "completed", encoded_outputs=output("b"), handoff=plans["b"]
+    )
+    c_done = store.finish_task(
+        run_id, "c", 0, 1, "completed", encoded_outputs=output("c"), handoff=plans["c"]
+    )
+    # Then the first lowers d's barrier and the second, which would make d ready, is settled
+    # by the orchestrator: d is launched once, with both branches' outputs
+    assert b.handed and not c_done.handed and c_done.settle
+    assert store.nodes(run_id)["d"] == "pending"
+    orch.advance(run_id, settling="c")
+    assert store.nodes(run_id)["d"] == "running"
+    isolated.start_worker()  # runs d (and finds b's and c's messages finished)
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    # a claims b and c; the first of b and c to finish lowers d's barrier; the second makes d
-    # ready and goes through the orchestrator (d's inputs are not all its own); d ends the run
-    assert handoffs(client, handle.id) == 3
-    assert Counter(c["node"] for c in fleet.calls(handle.id)) == dict.fromkeys("abcd", 1)
-    assert status.nodes["d"].tasks == 1
-    assert_clean(client, handle.id, 4)
+    assert handoffs(client, run_id) == 3  # a, b, and d, which ended the run
+    assert [c["node"] for c in isolated.calls(run_id)] == ["d"]
+    assert handle.outputs("d") == [{"seen": ["a", "a", "b", "c"]}]
+    assert_clean(client, run_id, 4)
+
+
+def test_a_join_with_many_inputs_is_planned_by_the_orchestrator(
+    client: Client, fleet: Deployment
+) -> None:
+    def join_of(n: int) -> dict[str, Any]:
+        return {
+            "name": f"handoff-join-{n}",
+            "nodes": [
+                node("other", "t_emit", config={"n": n}),
+                node("a", "t_append"),
+                node("j", "t_join", "a", "other", fan_mode="aggregate"),
+            ],
+        }
+
+    outputs = ['{"o":null,"f":{"path":["a"]}}']
+    orch = client.orchestrator
+    plans = {}
+    for n in (1_001, 3):
+        handle = client.submit(join_of(n))
+        assert handle.wait(WAIT).status == "completed"
+        # With the run's nodes completed, a's completion would make j ready: it is planned
+        # from what other emitted, when that is few enough to read on the completion path
+        spec = json.loads(client.store.task(handle.id, "a", 0)["spec"])
+        plans[n] = plan(orch, orch.compiled(handle.id), "a", 0, spec, outputs)
+    assert plans[1_001] is None  # more than MAX_JOIN_INPUTS: the orchestrator plans j
+    assert plans[3] is not None
+    ((slug, _, tasks),) = json.loads(plans[3].plan)["claim"]
+    assert slug == "j" and len(tasks) == 1
+    spec = json.loads(tasks[0][1])
+    assert spec["in"] == {"a": ["a:0:0"], "other": [f"other:0:{i}" for i in range(3)]}
+    assert spec[SOLO] == 1
 
 
 def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
@@ -215,9 +321,7 @@ def test_what_qualifies_for_a_handoff(client: Client) -> None:
     (claim,) = json.loads(plan(orch, c, "a", 0, solo, one).plan)["claim"]  # type: ignore[union-attr]
     assert json.loads(claim[2][0][1])[SOLO] == 1
     # A successor waiting for another node too is only counted down
-    c = _compiled(
-        client, [node("a", "t_emit"), node("z", "t_emit"), node("j", "t_join", "a", "z")]
-    )
+    c = _compiled(client, [node("a", "t_emit"), node("z", "t_emit"), node("j", "t_join", "a", "z")])
     body = json.loads(plan(orch, c, "a", 0, solo, one).plan)  # type: ignore[union-attr]
     assert body["claim"] == [] and body["wait"] == ["j"]
     # No handoff when a successor would get no task (filtered), or more than a launch batch
