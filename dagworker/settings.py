@@ -39,8 +39,8 @@ class Settings:
     #: (DAGWORKER_TASK_EVENTS=0) saves two to three PUBLISHes per task for throughput-bound
     #: deployments that do not watch tasks in Flower.
     task_events: bool = True
-    #: A completion that settles its node's only task launches the successors that depend on
-    #: that node alone in the same script (dagworker.handoff): 7 round trips fewer per chain
+    #: A completion that settles its node's only task launches the successors it makes ready
+    #: in the same script (dagworker.handoff): 7 round trips fewer per chain
     #: link. 0 sends every settlement through the orchestrator's lock and commit instead.
     handoff: bool = True
     result_ttl: float = 7 * 86_400.0  # how long finished runs are kept

@@ -7,12 +7,14 @@
 -- node and launch its successors here, in the same atomic step, instead of the orchestrator's
 -- lock, read, decide, commit, launch and publish round trips. The worker sends what it would
 -- launch, planned from the outputs it is recording (the successors whose only dependency is
--- this node); this script applies it only when the orchestrator would decide exactly that:
--- the run is running at the epoch the plan was made for, no orchestrator holds the run lock,
--- the node is running, each planned successor is pending and waits for this node alone, each
--- other successor still waits for another node, and, when the node is the run's last, no node
--- of the run failed (the run completes here). Anything else falls back to the settle set. The handoff bumps the run's version like a commit, so an
--- orchestrator that read before it (and whose lock had expired) cannot commit over it.
+-- this node, and joins whose other dependencies it read completed, with their outputs); this
+-- script applies it only when the orchestrator would decide exactly that: the run is running
+-- at the epoch the plan was made for, no orchestrator holds the run lock, the node is running,
+-- each planned successor is pending and waits for this node alone, each other successor still
+-- waits for another node, and, when the node is the run's last, no node of the run failed (the
+-- run completes here). Anything else falls back to the settle set. The handoff bumps the run's
+-- version like a commit, so an orchestrator that read before it (and whose lock had expired)
+-- cannot commit over it.
 --
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
 -- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
