@@ -39,6 +39,9 @@ class Sample:
     worker_cpu_s: float
     redis_cpu_s: float
     client_cpu_s: float
+    #: bytes clients sent the server and it sent them (INFO stats), the bench's polls included
+    net_in: int = 0
+    net_out: int = 0
     memory_before: int = 0
     memory_peak: int = 0
     memory_after: int = 0
@@ -70,6 +73,7 @@ class Bench:
         r = self.r
         mem0 = redisinfo.used_memory(r)
         cmd0 = redisinfo.command_calls(r)
+        in0, out0 = redisinfo.net_bytes(r)  # after the commandstats read: its reply is large
         cpu0, rcpu0 = self.fleet.cpu_seconds(engine), redisinfo.server_cpu_seconds(r)
         sampler: AbstractContextManager[Any] = (
             redisinfo.MemorySampler(self.sampler_r) if memory else nullcontext()
@@ -81,6 +85,7 @@ class Bench:
             wall = time.perf_counter() - t0
             client_cpu = time.process_time() - p0
             time.sleep(TAIL_S)
+        in1, out1 = redisinfo.net_bytes(r)
         by_command = redisinfo.diff(redisinfo.command_calls(r), cmd0)
         by_command[poll_command] = by_command.get(poll_command, 0) - polls
         sample = Sample(
@@ -93,6 +98,8 @@ class Bench:
             self.fleet.cpu_seconds(engine) - cpu0,
             redisinfo.server_cpu_seconds(r) - rcpu0,
             client_cpu,
+            net_in=in1 - in0,
+            net_out=out1 - out0,
             memory_before=mem0,
             memory_peak=mem.peak if memory else 0,
             memory_after=redisinfo.used_memory(r),

@@ -32,6 +32,13 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
+def net_bytes(r: redis.Redis) -> tuple[int, int]:
+    """Bytes the server has read from clients and written to them since it started (INFO
+    stats): messages, script arguments and replies alike, the cost of what goes over the wire."""
+    stats: dict[str, Any] = r.info("stats")
+    return int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
+
+
 def server_cpu_seconds(r: redis.Redis) -> float:
     cpu: dict[str, Any] = r.info("cpu")
     return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])

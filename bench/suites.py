@@ -55,7 +55,7 @@ def sizes(quick: bool) -> Sizes:
 def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
     """A B A B ...: a warm-up pair first, then ``rounds`` pairs; ratios are taken per pair so a
     machine that slows down mid-bench (other engineers' tests) hits both sides of a ratio."""
-    rows, commands = [], []
+    rows, commands, wire = [], [], []
     for shape in shapes:
         bench.measure("dag", shape), bench.measure("canvas", shape)  # warm-up: caches, imports
         pairs = [
@@ -82,6 +82,16 @@ def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
             ]
         )
         commands += [_top_commands(dag), _top_commands(canvas)]
+        wire.append(
+            [
+                shape.name,
+                *(
+                    fmt(median([s.per_task(getattr(s, side)) for s in samples]), 0)
+                    for side in ("net_in", "net_out")
+                    for samples in (dag, canvas)
+                ),
+            ]
+        )
         print(f"  .. {shape.name}: {rounds} pairs done", flush=True)
     print(
         table(
@@ -110,6 +120,13 @@ def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
             ["engine/shape", "top commands"],
             commands,
             left=2,
+        )
+    )
+    print(
+        table(
+            "Redis network bytes per task (INFO stats: messages, script arguments, replies)",
+            ["shape", "in B/t dag", "in B/t cv", "out B/t dag", "out B/t cv"],
+            wire,
         )
     )
 
