@@ -19,12 +19,13 @@ What qualifies, decided here from the pipeline and one read of the run:
 - each successor that becomes ready is a plugin node (not a sub-pipeline) whose plan has
   between one and ``launch_batch`` tasks, and its messages can be written by the script: the
   broker is the run store's Redis (``CeleryPublisher.envelopes``);
-- a join's other dependencies have at most ``MAX_JOIN_INPUTS`` artifacts together: they are
-  read here, on the completion path (committed artifacts never change, so the read needs no
-  lock). The script claims a join only if its barrier still waits for this node alone, which
-  holds exactly when those dependencies have settled; when two of them finish at the same time
-  and both saw the other running, the second completion finds the barrier at one and falls
-  back to the orchestrator, as before.
+- a join's other dependencies are at most ``MAX_JOIN_DEPENDENCIES`` nodes with at most
+  ``MAX_JOIN_INPUTS`` artifacts together (an even share each): they are read here, on the
+  completion path (committed artifacts never change, so the read needs no lock). The script
+  claims a join only if its barrier still waits for this node alone, which holds exactly when
+  those dependencies have settled; when two of them finish at the same time and both saw the
+  other running, the second completion finds the barrier at one and falls back to the
+  orchestrator, as before.
 
 The messages are pushed by the script that creates their tasks, so there is no outbox entry
 and no window between persisting and publishing for the reconciler to repair.
@@ -54,9 +55,11 @@ SOLO = "solo"
 #: A node with more successors than this is settled by the orchestrator (the script's reads
 #: and writes of their states stay well inside what one Lua call may unpack).
 MAX_SUCCESSORS = 1_000
-#: A join whose other dependencies have more artifacts than this together is launched by the
-#: orchestrator (the completion path reads at most this many).
+#: A join is launched by the orchestrator when its other dependencies have more artifacts than
+#: this together (the completion path reads at most this many: an even share per dependency),
+#: or when they are more than MAX_JOIN_DEPENDENCIES nodes.
 MAX_JOIN_INPUTS = 1_000
+MAX_JOIN_DEPENDENCIES = 64
 
 
 @dataclass(frozen=True)
@@ -166,21 +169,33 @@ def plan(
 def _joins(
     orch: Orchestrator, c: Compiled, slug: str, outputs: list[Artifact]
 ) -> tuple[set[str], Inputs | None]:
-    """The successors of ``slug`` that wait for other nodes too and whose other dependencies
-    have all completed (this completion makes them ready), and what their launches plan from:
-    those dependencies' artifacts and ``outputs``; None when they are too many to read here.
+    """The successors of ``slug`` this completion makes ready although they depend on other
+    nodes too (pending, their barrier waiting for ``slug`` alone, every other dependency
+    completed), and what their launches plan from: those dependencies' artifacts and
+    ``outputs``; None when they are too many to read here.
 
-    One HMGET of the other dependencies' states; their artifacts only when a join is ready.
+    One HMGET of the joins' states and barriers and their other dependencies' states; the
+    artifacts only when a join is ready, each dependency read up to an even share of
+    ``MAX_JOIN_INPUTS``. Joins with more than ``MAX_JOIN_DEPENDENCIES`` other dependencies are
+    left to the orchestrator unread (every completion of a wide join reading all its
+    dependencies' states would cost the square of their number).
     """
     preds = c.graph.predecessors
     joins = [s for s in c.graph.successors[slug] if preds[s] != (slug,)]
     others = list(dict.fromkeys(p for s in joins for p in preds[s] if p != slug))
-    if not others:
+    if not joins or len(others) > MAX_JOIN_DEPENDENCIES:
         return set(), None
     store = orch.store
     done = NodeState.COMPLETED.value
-    states = dict(zip(others, store.r.hmget(store.keys.nodes(c.run_id), others), strict=True))
-    ready = {s for s in joins if all(states[p] == done for p in preds[s] if p != slug)}
+    fields = [*joins, *(f"{s}:wait" for s in joins), *others]
+    values = dict(zip(fields, store.r.hmget(store.keys.nodes(c.run_id), fields), strict=True))
+    ready = {
+        s
+        for s in joins
+        if values[s] == NodeState.PENDING.value
+        and values[f"{s}:wait"] == "1"
+        and all(values[p] == done for p in preds[s] if p != slug)
+    }
     if not ready:
         return ready, None
     needed = list(dict.fromkeys(p for s in ready for p in preds[s] if p != slug))

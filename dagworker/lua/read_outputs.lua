@@ -9,8 +9,13 @@
 -- ARGV[1] the node's outputs key prefix (keys.py: outputs(run, slug, index) = ARGV[1] .. index;
 --         same hash tag as KEYS[1])
 -- ARGV[2] most artifacts returned inline
+-- ARGV[3] '1': inline or nothing: {0} without reading the counts when the node has more tasks
+--         than ARGV[2] (a completion path reading a join's inputs stays bounded)
 -- returns {1, index, {artifacts...}, index, {artifacts...}, ...} (tasks with outputs only)
 --         or {0, index, count, index, count, ...} when there are more than ARGV[2]
+if ARGV[3] == '1' and redis.call('HLEN', KEYS[1]) > tonumber(ARGV[2]) then
+  return {0}
+end
 local counts = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 2, #counts, 2 do

@@ -95,8 +95,10 @@ class OutputStore(StoreBase):
 
     def inline_outputs(self, run_id: str, slugs: Sequence[str], most: int) -> dict[str, Any] | None:
         """``read_outputs.lua`` replies for these nodes (``read_artifacts`` takes them), in one
-        round trip, when each has at most ``most`` artifacts; None when one has more."""
-        replies = self._eval_pipeline([self._read_outputs_call(run_id, s, most) for s in slugs])
+        round trip, when each has at most ``most`` artifacts; None when one has more (what
+        is read is bounded by ``most`` per node either way)."""
+        calls = [self._read_outputs_call(run_id, s, most, whole=True) for s in slugs]
+        replies = self._eval_pipeline(calls)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -105,12 +107,12 @@ class OutputStore(StoreBase):
         return dict(zip(slugs, replies, strict=True))
 
     def _read_outputs_call(
-        self, run_id: str, slug: str, most: int = READ_CHUNK
+        self, run_id: str, slug: str, most: int = READ_CHUNK, whole: bool = False
     ) -> tuple[str, list[str], list[Any]]:
         return (
             "read_outputs",
             [self.keys.counts(run_id, slug)],
-            [self.keys.outputs_prefix(run_id, slug), most],
+            [self.keys.outputs_prefix(run_id, slug), most, 1 if whole else 0],
         )
 
     @staticmethod

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from dagworker import Client
-from dagworker.handoff import SOLO, plan
+from dagworker.handoff import MAX_JOIN_INPUTS, SOLO, plan
 from dagworker.lock import RunLock
 from dagworker.orchestrator import compile_run
 from dagworker.pipeline import Pipeline
@@ -70,36 +70,80 @@ DIAMOND = {
 }
 
 
+def same_as_orchestrator(client: Client, run_id: str, slug: str) -> None:
+    """The specs persisted for a node's tasks are, byte for byte, what the orchestrator's
+    launch would persist now (inputs in ``depends_on`` order, embedded artifacts, bindings)."""
+    orch = client.orchestrator
+    c = orch.compiled(run_id)
+    expected = list(orch._specs(c, c.nodes[slug]))
+    stored = []
+    for index in range(len(expected)):
+        spec = json.loads(client.store.task(run_id, slug, index)["spec"])
+        spec.pop(SOLO, None)
+        stored.append(json.dumps(spec, separators=(",", ":")))
+    assert stored == expected
+    assert int(client.store.r.hget(client.store.keys.node(run_id, slug), "tasks")) == len(expected)
+
+
 def test_a_join_is_launched_by_its_last_dependency(isolated: Deployment) -> None:
-    # One worker: b finishes before c starts, so c's completion finds b completed
+    # One solo worker with prefetch 1 runs the tasks one at a time, in the order they were
+    # queued: b finishes before c starts, so c's completion finds b completed
     isolated.start_worker()
     client = isolated.client()
     fan_in = {
         "name": "handoff-fan-in",
         "nodes": [
             node("r1", "t_append"),
-            node("r2", "t_append"),
+            node("r2", "t_emit", config={"n": 3}),
             node("r3", "t_append"),
-            node("x", "t_join", "r1", "r2", "r3", fan_mode="aggregate"),
+            node("x", "t_echo_all", "r3", "r2", "r1", fan_mode="aggregate"),
             node("y", "t_join", "r1", "r2", "r3", fan_mode="aggregate"),
         ],
     }
-    diamond, layers = client.submit(DIAMOND), client.submit(fan_in)
-    for handle in (diamond, layers):
+    # j's other dependency is filtered (no task): not a completed one, so the orchestrator
+    # decides j, whichever of a and src finishes last
+    filtered = {
+        "name": "handoff-filtered-join",
+        "nodes": [
+            node("src", "t_emit", config={"n": 2}),
+            node(
+                "f",
+                "t_append",
+                "src",
+                passthrough=True,
+                edge_filters={"src": {"rules": [{"field": "i", "op": "gt", "value": 5}]}},
+            ),
+            node("a", "t_append"),
+            node("j", "t_echo_all", "a", "f", fan_mode="aggregate"),
+        ],
+    }
+    diamond, layers, passing = (client.submit(p) for p in (DIAMOND, fan_in, filtered))
+    for handle in (diamond, layers, passing):
         status = handle.wait(WAIT)
         assert status.status == "completed", status.error
-        assert Counter(c["node"] for c in isolated.calls(handle.id)) == dict.fromkeys(
-            status.nodes, 1
-        )
+        ran = Counter(c["node"] for c in isolated.calls(handle.id))
+        assert ran == {s: 1 for s, n in status.nodes.items() if n.state == "completed"}
     # a claims b and c; b lowers d's barrier; c, d's last dependency, claims d; d ends the run
     assert handoffs(client, diamond.id) == 4
     assert diamond.outputs("d") == [{"seen": ["a", "a", "b", "c"]}]
+    same_as_orchestrator(client, diamond.id, "d")
     assert_clean(client, diamond.id, 4)
-    # r1 and r2 lower the barriers; r3 claims both joins with all three inputs; the first join
+    # r1 and r2 lower the barriers; r3 claims both joins with all their inputs; the first join
     # to finish leaves the run to the second, which ends it
     assert handoffs(client, layers.id) == 5
-    assert layers.outputs("x") == layers.outputs("y") == [{"seen": ["r1", "r2", "r3"]}]
+    assert layers.outputs("y") == [{"seen": ["r1", "r3"]}]
+    (x,) = layers.outputs("x")
+    # x's inputs in its depends_on order (r3, r2, r1), each dependency's in emission order
+    assert [a.get("path", a.get("i")) for a in x["artifacts"]] == [["r3"], 0, 1, 2, ["r1"]]
+    for slug in "xy":
+        same_as_orchestrator(client, layers.id, slug)
     assert_clean(client, layers.id, 5)
+    # the filtered node passes src's artifacts through to j
+    assert passing.status().nodes["f"].state == "filtered"
+    (j,) = passing.outputs("j")
+    assert len(j["artifacts"]) == 3  # a's one and src's two, through f
+    same_as_orchestrator(client, passing.id, "j")
+    assert_clean(client, passing.id, 3)
 
 
 def test_branches_finishing_together_leave_the_join_to_the_orchestrator(
@@ -163,27 +207,34 @@ def test_a_join_with_many_inputs_is_planned_by_the_orchestrator(
             "nodes": [
                 node("other", "t_emit", config={"n": n}),
                 node("a", "t_append"),
-                node("j", "t_join", "a", "other", fan_mode="aggregate"),
+                node("j", "t_echo_all", "a", "other", fan_mode="aggregate"),
             ],
         }
 
-    outputs = ['{"o":null,"f":{"path":["a"]}}']
     orch = client.orchestrator
-    plans = {}
-    for n in (1_001, 3):
+    for n in (3, MAX_JOIN_INPUTS, MAX_JOIN_INPUTS + 1):
         handle = client.submit(join_of(n))
         assert handle.wait(WAIT).status == "completed"
-        # With the run's nodes completed, a's completion would make j ready: it is planned
-        # from what other emitted, when that is few enough to read on the completion path
-        spec = json.loads(client.store.task(handle.id, "a", 0)["spec"])
-        plans[n] = plan(orch, orch.compiled(handle.id), "a", 0, spec, outputs)
-    assert plans[1_001] is None  # more than MAX_JOIN_INPUTS: the orchestrator plans j
-    assert plans[3] is not None
-    ((slug, _, tasks),) = json.loads(plans[3].plan)["claim"]
-    assert slug == "j" and len(tasks) == 1
-    spec = json.loads(tasks[0][1])
-    assert spec["in"] == {"a": ["a:0:0"], "other": [f"other:0:{i}" for i in range(3)]}
-    assert spec[SOLO] == 1
+        # Given j ready again, as it was when a or other finished last: a's completion
+        # plans it from what other emitted, when that is few enough to read on the
+        # completion path, exactly as the orchestrator's launch would
+        store = client.store
+        store.r.hset(store.keys.nodes(handle.id), mapping={"j": "pending", "j:wait": 1})
+        spec = json.loads(store.task(handle.id, "a", 0)["spec"])
+        outputs = store.r.lrange(store.keys.outputs(handle.id, "a", 0), 0, -1)  # as recorded
+        c = orch.compiled(handle.id)
+        planned = plan(orch, c, "a", 0, spec, outputs)
+        if n > MAX_JOIN_INPUTS:
+            assert planned is None  # the orchestrator plans j
+            continue
+        assert planned is not None
+        ((slug, _, tasks),) = json.loads(planned.plan)["claim"]
+        assert slug == "j" and len(tasks) == 1
+        claimed = json.loads(tasks[0][1])
+        assert claimed.pop(SOLO) == 1
+        assert [json.dumps(claimed, separators=(",", ":"))] == list(orch._specs(c, c.nodes["j"]))
+        assert list(claimed["in"]) == ["a", "other"] and len(claimed["in"]["other"]) == n
+        assert ("a" in claimed) == (n == 3)  # small inputs travel in the spec
 
 
 def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
