@@ -27,6 +27,7 @@ from celery import Celery, signals
 from dagworker import (
     logs,
     subpipeline,  # noqa: F401  (registers the built-in subpipeline plugin)
+    transport,
 )
 from dagworker.client import launch
 from dagworker.errors import PluginLoadError
@@ -198,6 +199,7 @@ def register_tasks() -> None:
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _on_worker_init(**_: Any) -> None:
+    transport.install()  # before the consumer's first connection; prefork children inherit it
     logs.install()
     modules = load_plugins(settings)
     register_tasks()
