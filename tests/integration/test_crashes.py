@@ -108,6 +108,47 @@ def test_worker_killed_after_plugin_returned_before_orchestration(
     assert int(client.store.run(handle.id)["tasks_total"]) == 3
 
 
+def test_worker_killed_after_its_completion_launched_a_join(crashy: Deployment) -> None:
+    # Given one worker running a join's two dependencies one after the other (queued in that
+    # order with the run), which dies right after recording the second
+    victim = crashy.start_worker(DAGWORKER_FAULTS="after_finish:r2")
+    client = crashy.client()
+    handle = client.submit(
+        {
+            "name": "join",
+            "nodes": [
+                {"slug": "r1", "plugin": "t_append"},
+                {"slug": "r2", "plugin": "t_append"},
+                {
+                    "slug": "j",
+                    "plugin": "t_join",
+                    "depends_on": ["r1", "r2"],
+                    "fan_mode": "aggregate",
+                },
+            ],
+        }
+    )
+    victim.proc.wait(timeout=WAIT)
+    # Then j was claimed, created and sent in the script that recorded r2
+    assert client.store.nodes(handle.id) == {
+        "r1": "completed",
+        "r1:wait": "0",
+        "r2": "completed",
+        "r2:wait": "0",
+        "j": "running",
+        "j:wait": "0",
+    }
+    assert client.store.task(handle.id, "j", 0)["state"] == "queued"
+    assert crashy.queue_length() == 1
+    # When a healthy worker comes up, j runs once with both inputs and ends the run
+    crashy.start_worker()
+    status = handle.wait(WAIT)
+    assert status.status == "completed", status.error
+    assert Counter(c["node"] for c in crashy.calls(handle.id)) == {"r1": 1, "r2": 1, "j": 1}
+    assert handle.outputs("j") == [{"seen": ["r1", "r2"]}]
+    assert int(client.store.run(handle.id)["handoffs"]) == 3
+
+
 def test_lost_publish_is_repaired_by_the_reconciler(crashy: Deployment) -> None:
     # Given a healthy worker already up, and a victim (the only one on a's queue) that dies
     # after persisting b's task but before sending its message
