@@ -4,7 +4,7 @@ In a chain, a diamond's head or a layer of single-task nodes, most completions s
 whose successors' inputs are already known to the worker finishing it: they are the outputs it
 is about to record. The usual path (``finish_task``, then the orchestrator's lock, reads,
 decision, commit, launch and publish) costs seven round trips for that. Here the worker plans
-those successors the way a launch would (``routing.plan_tasks``, ``Orchestrator.spec``) and
+those successors the way a launch would (``routing.iter_plans``, ``Orchestrator.spec``) and
 hands the plan to ``finish_task.lua``, which applies it in the same atomic step as the
 completion only when the orchestrator would have decided exactly that (the script's header
 lists the conditions); otherwise the node goes to the settle set as before and nothing planned
@@ -34,8 +34,9 @@ and no window between persisting and publishing for the reconciler to repair.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from dagworker.artifact import Artifact
@@ -43,7 +44,7 @@ from dagworker.errors import DagworkerError
 from dagworker.hooks import listened
 from dagworker.inputs import Inputs
 from dagworker.pipeline import Node
-from dagworker.routing import TaskPlan, plan_tasks
+from dagworker.routing import TaskPlan, iter_plans, repeated
 from dagworker.states import NodeState, RunState
 from dagworker.store import decode_artifact, now
 
@@ -72,19 +73,26 @@ class Handoff:
     at: float
 
 
+def launch_limit(orch: Orchestrator) -> int:
+    """The most tasks a script may create and send in one step: one launch batch."""
+    settings = orch.store.settings
+    return min(settings.launch_batch, settings.max_tasks_per_node)
+
+
 def direct_launch(
-    orch: Orchestrator, c: Compiled, node: Node, plans: Sequence[TaskPlan]
+    orch: Orchestrator, c: Compiled, node: Node, plans: Iterable[TaskPlan]
 ) -> tuple[list[dict[str, Any]], tuple[str, list[str]]] | None:
     """A node's task specs and messages (queue key, envelopes) for a script on the run store
     to create and send in one step, or None when the usual launch must do it: the node is a
     sub-pipeline or its plugin is unknown here, its plan is empty (filtered), needs several
     batches or is over the limit, or the broker is not the run store's Redis."""
-    settings = orch.store.settings
     if node.pipeline is not None or node.plugin not in orch.registry:
         return None
-    if not plans or len(plans) > min(settings.launch_batch, settings.max_tasks_per_node):
+    limit = launch_limit(orch)
+    planned = list(islice(plans, limit + 1))  # (a repeat of 10,000 is not planned in full)
+    if not planned or len(planned) > limit:
         return None
-    specs = [orch.spec(c, node, p) for p in plans]
+    specs = [orch.spec(c, node, p) for p in planned]
     if len(specs) == 1:
         specs[0][SOLO] = 1  # its completion may hand off in turn
     plugin = orch.registry.get(node.plugin)
@@ -135,7 +143,7 @@ def plan(
                 given = inputs.of(node)
             else:
                 return None  # a join with too many inputs to read here
-            planned = direct_launch(orch, c, node, plan_tasks(node, given))
+            planned = direct_launch(orch, c, node, repeated(node, iter_plans(node, given)))
         except DagworkerError:
             return None  # the orchestrator's launch reports it
         if planned is None:
@@ -147,7 +155,7 @@ def plan(
             for i, s in enumerate(specs)
         ]
         claim.append([succ, key(k.node(c.run_id, succ)), tasks])
-    if sum(len(envelopes) for envelopes in pushes.values()) > orch.store.settings.launch_batch:
+    if sum(len(envelopes) for envelopes in pushes.values()) > launch_limit(orch):
         return None  # more than one launch batch: the orchestrator launches in batches
     push = [[key(queue), envelopes] for queue, envelopes in pushes.items()]
     at = now()
@@ -181,7 +189,11 @@ def _joins(
     dependencies' states would cost the square of their number).
     """
     preds = c.graph.predecessors
-    joins = [s for s in c.graph.successors[slug] if preds[s] != (slug,)]
+    joins = [
+        s
+        for s in c.graph.successors[slug]
+        if preds[s] != (slug,) and len(preds[s]) <= MAX_JOIN_DEPENDENCIES + 1
+    ]
     others = list(dict.fromkeys(p for s in joins for p in preds[s] if p != slug))
     if not joins or len(others) > MAX_JOIN_DEPENDENCIES:
         return set(), None

@@ -40,7 +40,7 @@ from dagworker.errors import (
 )
 from dagworker.faults import crash_point
 from dagworker.graph import Graph
-from dagworker.handoff import SOLO, direct_launch
+from dagworker.handoff import SOLO, direct_launch, launch_limit
 from dagworker.hooks import HOOK_EVENTS, listened
 from dagworker.inputs import Inputs
 from dagworker.metrics import recorder
@@ -267,21 +267,24 @@ class Orchestrator:
     ) -> list[tuple[Any, ...]] | None:
         """The roots' claims, tasks and messages as ``create_run`` ops, so that creating the
         run also sends its first tasks (one transaction, no outbox); None when a root needs
-        the usual launch (``handoff.direct_launch`` says when)."""
+        the usual launch (``handoff.direct_launch`` says when) or the roots together have more
+        tasks than one launch batch."""
         k = self.store.keys
         ops: list[tuple[Any, ...]] = []
         pushes: dict[str, list[str]] = {}
+        total = 0
         for slug in ready:
             node = c.nodes[slug]
             try:
-                planned = direct_launch(
-                    self, c, node, list(repeated(node, [TaskPlan(0, None, {})]))
-                )
+                planned = direct_launch(self, c, node, repeated(node, [TaskPlan(0, None, {})]))
             except DagworkerError:
                 return None  # the usual launch fails the node, naming the problem
             if planned is None:
                 return None
             specs, (queue, envelopes) = planned
+            total += len(specs)
+            if total > launch_limit(self):
+                return None  # more than one batch in the creation script: launched in batches
             ops += self.claim_ops(c.run_id, slug, at, launching=False)
             ops += [
                 (

@@ -160,7 +160,11 @@ local function handoff()
   end
   redis.call('HSET', KEYS[1], unpack(run_fields))
   for _, p in ipairs(plan.push) do
-    redis.call('LPUSH', KEYS[p[1]], unpack(p[2]))
+    -- In chunks, as launch_batch.lua: Lua's unpack refuses some thousands of values
+    local envelopes = p[2]
+    for i = 1, #envelopes, 1000 do
+      redis.call('LPUSH', KEYS[p[1]], unpack(envelopes, i, math.min(i + 999, #envelopes)))
+    end
   end
   if not ending then return 2 end
   redis.call('ZREM', KEYS[fin.active], fin.run)

@@ -108,6 +108,25 @@ def t_sleep(ctx: TaskContext, seconds: float = 0.5) -> dict[str, Any]:
     return {"slept": seconds}
 
 
+def hold_key(prefix: str, run_id: str) -> str:
+    """The key whose existence lets a run's ``t_hold`` tasks finish."""
+    return f"{prefix}:test:hold:{run_id}"
+
+
+@plugin("t_hold")
+def t_hold(ctx: TaskContext, timeout: float = 60.0) -> dict[str, Any]:
+    """Runs until the test sets ``hold_key`` for this run (the test decides when it ends)."""
+    note(ctx, phase="start")
+    key = hold_key(os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker"), ctx.run_id)
+    deadline = time.monotonic() + timeout
+    while not _redis().exists(key):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} was never set")
+        time.sleep(0.01)
+    note(ctx, phase="end")
+    return {"held": True}
+
+
 @plugin("t_bad_output")
 def t_bad_output(ctx: TaskContext) -> Any:
     note(ctx)

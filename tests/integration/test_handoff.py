@@ -13,6 +13,7 @@ from dagworker.lock import RunLock
 from dagworker.orchestrator import compile_run
 from dagworker.pipeline import Pipeline
 from tests.conftest import Deployment, node, wait_for
+from tests.integration.plugins import hold_key
 
 WAIT = 60
 
@@ -243,16 +244,18 @@ def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
     p = {
         "name": "handoff-locked",
         "nodes": [
-            node("a", "t_sleep", config={"seconds": 0.3}),
+            node("a", "t_hold"),
             node("b", "t_append", "a"),
             node("c", "t_append", "b"),
         ],
     }
     handle = client.submit(p)
     # Given the run's lock held (as by an orchestrator deciding) while a finishes
+    wait_for(lambda: any(c.get("phase") == "start" for c in fleet.calls(handle.id)), WAIT)
     lock = RunLock(client.store.r, client.store.keys.lock(handle.id), 60.0)
     lock.acquire()
     try:
+        client.store.r.set(hold_key(fleet.prefix, handle.id), 1)  # a may finish now
         wait_for(lambda: client.store.task(handle.id, "a", 0)["state"] == "completed", WAIT)
         # Then a is left to the orchestrator: nothing of b was written
         assert client.store.settle_pending(handle.id) == {"a"}
@@ -272,11 +275,12 @@ def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
 def test_a_paused_run_launches_nothing_until_resumed(client: Client, fleet: Deployment) -> None:
     p = {
         "name": "handoff-paused",
-        "nodes": [node("a", "t_sleep", config={"seconds": 0.5}), node("b", "t_append", "a")],
+        "nodes": [node("a", "t_hold"), node("b", "t_append", "a")],
     }
     handle = client.submit(p)
     wait_for(lambda: any(c.get("phase") == "start" for c in fleet.calls(handle.id)), WAIT)
     assert handle.pause()
+    client.store.r.set(hold_key(fleet.prefix, handle.id), 1)  # a finishes while paused
     wait_for(lambda: handle.status().nodes["a"].state == "completed", WAIT)
     # a settled, but a paused run claims nothing: b was neither handed off nor launched
     assert client.store.nodes(handle.id)["b"] == "pending"

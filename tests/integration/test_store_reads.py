@@ -14,6 +14,9 @@ import pytest
 
 from dagworker import Client
 from dagworker.errors import StoreError
+from dagworker.handoff import plan
+from dagworker.orchestrator import compile_run
+from dagworker.pipeline import Pipeline
 from dagworker.store import READ_CHUNK, Store, encode_artifact
 from tests.conftest import Deployment
 
@@ -191,3 +194,54 @@ def test_create_run_writes_a_large_pipeline_once(isolated: Deployment) -> None:
     with pytest.raises(StoreError, match="already exists"):
         store.create_run("r6", {**record, "status": "failed"}, "{}", {"x": 0})
     assert store.run("r6")["status"] == "running" and "x" not in store.nodes("r6")
+
+
+def test_a_handoff_larger_than_lua_unpacks_pushes_every_message(isolated: Deployment) -> None:
+    # Given a solo node's completion whose successor plans 9,000 tasks (200 outputs, repeat
+    # 45), with a launch batch that large: more messages than one Lua unpack takes
+    client = isolated.client(launch_batch=9_000)
+    store, orch = client.store, client.orchestrator
+    handle = client.submit(
+        {
+            "name": "big-handoff",
+            "nodes": [
+                {"slug": "a", "plugin": "t_emit", "config": {"n": 200}},
+                {"slug": "b", "plugin": "t_noop", "depends_on": ["a"], "repeat": 45},
+            ],
+        }
+    )
+    started = store.begin_task(handle.id, "a", 0, 1, "test")  # (this test is a's worker)
+    outputs = [encode_artifact(None, {"i": i}) for i in range(200)]
+    handed = plan(orch, orch.compiled(handle.id), "a", 0, started.spec, outputs)
+    assert handed is not None
+    # When it is recorded with its handoff
+    done = store.finish_task(
+        handle.id, "a", 0, 1, "completed", encoded_outputs=outputs, handoff=handed
+    )
+    # Then b's 9,000 tasks exist and every message is queued, a's root message still first
+    assert done.handed
+    assert isolated.queue_length() == 9_001
+    assert int(store.run(handle.id)["tasks_total"]) == 9_001
+    assert store.task(handle.id, "b", 8_999)["state"] == "queued"
+
+
+def test_roots_over_one_launch_batch_are_launched_in_batches(isolated: Deployment) -> None:
+    # Given roots that together have more tasks than one launch batch (each alone has fewer)
+    wide = {
+        "name": "wide-roots",
+        "nodes": [{"slug": f"r{i}", "plugin": "t_noop", "repeat": 6} for i in range(3)],
+    }
+    roots = ["r0", "r1", "r2"]
+    for batch, direct in ((20, True), (10, False)):
+        client = isolated.client(launch_batch=batch)
+        orch = client.orchestrator
+        c = compile_run("plan-only", Pipeline.model_validate(wide), {}, {})
+        # Then the run's creation script carries them only when they fit in one batch
+        assert (orch._direct_roots(c, roots, 1.0) is not None) is direct
+        # and either way every root's tasks are created and sent, once
+        handle = client.submit(wide)
+        store = client.store
+        assert int(store.run(handle.id)["tasks_total"]) == 18
+        for slug in roots:
+            assert store.r.hget(store.keys.node(handle.id, slug), "tasks") == "6"
+    assert isolated.queue_length() == 36
