@@ -111,7 +111,11 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
     """Run one delivery of a task attempt; returns what happened (for logs and tests)."""
     store = orch.store
     begin = _begin(
-        orch, run_id, lambda: store.begin_task(run_id, slug, index, attempt, orch.hostname)
+        orch,
+        run_id,
+        lambda: store.begin_task(
+            run_id, slug, index, attempt, orch.hostname, want_run=run_id not in orch.cache
+        ),
     )
     if isinstance(begin, str):
         return begin
@@ -124,7 +128,7 @@ def execute(orch: Orchestrator, run_id: str, slug: str, index: int, attempt: int
         if finish.settle:
             orch.advance(run_id, settling=slug)
         return "cancelled"
-    c = orch.compiled(run_id, begin.epoch)
+    c = orch.compiled(run_id, begin.epoch, begin.run)
     node = c.nodes[slug]
     plugin: Plugin | None = None
     try:

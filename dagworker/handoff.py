@@ -65,7 +65,7 @@ MAX_JOIN_DEPENDENCIES = 64
 
 @dataclass(frozen=True)
 class Handoff:
-    """What ``finish_task.lua`` applies: ``plan`` names ``keys`` by position (from KEYS[12]);
+    """What ``finish_task.lua`` applies: ``plan`` names ``keys`` by position (from KEYS[11]);
     ``at`` is the completion's time (the run's end event, when it ends there, carries it)."""
 
     plan: str
@@ -92,9 +92,7 @@ def direct_launch(
     planned = list(islice(plans, limit + 1))  # (a repeat of 10,000 is not planned in full)
     if not planned or len(planned) > limit:
         return None
-    specs = [orch.spec(c, node, p) for p in planned]
-    if len(specs) == 1:
-        specs[0][SOLO] = 1  # its completion may hand off in turn
+    specs = [orch.spec(c, node, p, solo=len(planned) == 1) for p in planned]
     plugin = orch.registry.get(node.plugin)
     sent = orch.publisher.envelopes(c.run_id, node, plugin, [(i, 1) for i in range(len(specs))])
     return None if sent is None else (specs, sent)
@@ -121,7 +119,7 @@ def plan(
 
     def key(name: str) -> int:
         keys.append(name)
-        return 11 + len(keys)
+        return 10 + len(keys)
 
     outputs = [decode_artifact(slug, index, n, raw) for n, raw in enumerate(encoded)]
     claim: list[list[Any]] = []

@@ -27,7 +27,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -106,31 +106,63 @@ class Compiled:
     policies: dict[str, OnFailure]
     epoch: str = ""
     no_cache: bool = False  # the run was started with --no-cache
+    #: The stored pipeline JSON's fingerprint (``pipeline_fingerprint``; "" for a run created
+    #: before runs had one): runs of the same pipeline share what is compiled from it.
+    pipeline_fp: str = ""
 
 
 class _RunCache:
+    """Compiled runs by id, and the parts compiled from a pipeline alone by its fingerprint:
+    a worker taking the first task of a run of a pipeline it has seen compiles nothing and
+    reads nothing more than ``begin_task`` returned (the run's input and flags)."""
+
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._items: OrderedDict[str, Compiled] = OrderedDict()
+        self._pipelines: OrderedDict[str, Compiled] = OrderedDict()
 
-    def get(self, store: Store, run_id: str, epoch: str | None = None) -> Compiled:
-        """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's."""
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._items
+
+    def get(
+        self,
+        store: Store,
+        run_id: str,
+        epoch: str | None = None,
+        known: Mapping[str, str] | None = None,
+    ) -> Compiled:
+        """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's.
+        ``known``: the run's fields as ``begin_task`` returned them (``TaskBegin.run``)."""
         item = self._items.get(run_id)
-        if item is None or (epoch is not None and epoch != item.epoch):
-            run, text = store.run_and_pipeline(run_id)
-            pipeline = Pipeline.model_validate_json(text)
-            item = self.put(
-                compile_run(run_id, pipeline, json.loads(run.get("input") or "{}"), run)
-            )
-        else:
+        if item is not None and (epoch is None or epoch == item.epoch):
             self._items.move_to_end(run_id)
-        return item
+            return item
+        template = self._pipelines.get(known["pipeline_fp"]) if known else None
+        if known is not None and template is not None:
+            self._pipelines.move_to_end(template.pipeline_fp)
+            return self.put(
+                replace(
+                    template,
+                    run_id=run_id,
+                    run_input=json.loads(known.get("input") or "{}"),
+                    epoch=known.get("epoch") or "",
+                    no_cache=known.get("no_cache") == "1",
+                )
+            )
+        run, text = store.run_and_pipeline(run_id)
+        pipeline = Pipeline.model_validate_json(text)
+        return self.put(compile_run(run_id, pipeline, json.loads(run.get("input") or "{}"), run))
 
     def put(self, item: Compiled) -> Compiled:
         self._items[item.run_id] = item
         self._items.move_to_end(item.run_id)
         if len(self._items) > self.size:
             self._items.popitem(last=False)
+        if item.pipeline_fp:
+            self._pipelines[item.pipeline_fp] = item
+            self._pipelines.move_to_end(item.pipeline_fp)
+            if len(self._pipelines) > self.size:
+                self._pipelines.popitem(last=False)
         return item
 
 
@@ -148,7 +180,13 @@ def compile_run(
         {n.slug: n.on_failure for n in pipeline.nodes},
         run.get("epoch") or "",
         run.get("no_cache") == "1",
+        run.get("pipeline_fp") or "",
     )
+
+
+def pipeline_fingerprint(pipeline_json: str) -> str:
+    """A stored pipeline's identity: SHA-256 of its JSON (128 bits of it)."""
+    return hashlib.sha256(pipeline_json.encode()).hexdigest()[:32]
 
 
 def fingerprint(run_input: Mapping[str, Any]) -> str:
@@ -179,8 +217,10 @@ class Orchestrator:
         #: past its lock's lifetime (the version check must then refuse its commit).
         self.before_commit: Callable[[str], None] | None = None
 
-    def compiled(self, run_id: str, epoch: str | None = None) -> Compiled:
-        return self.cache.get(self.store, run_id, epoch)
+    def compiled(
+        self, run_id: str, epoch: str | None = None, known: Mapping[str, str] | None = None
+    ) -> Compiled:
+        return self.cache.get(self.store, run_id, epoch, known)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -202,6 +242,7 @@ class Orchestrator:
         run_id = run_id or new_run_id()
         at = now()
         reused = dict(reuse[1]) if reuse else {}
+        pipeline_json = pipeline.to_json()
         record = {
             "id": run_id,
             "pipeline": pipeline.name,
@@ -213,6 +254,7 @@ class Orchestrator:
             "finished_at": "",
             "input": json.dumps(dict(run_input)),
             "input_fp": fingerprint(run_input),
+            "pipeline_fp": pipeline_fingerprint(pipeline_json),
             "nodes_total": len(pipeline.nodes),
             "nodes_settled": len(reused),
             "tasks_total": 0,
@@ -232,7 +274,7 @@ class Orchestrator:
             run_id,
             pipeline,
             json.loads(str(record["input"])),
-            {"no_cache": "1" if no_cache else ""},
+            {"no_cache": "1" if no_cache else "", "pipeline_fp": str(record["pipeline_fp"])},
         )
         started = {"at": at, "status": RunState.RUNNING.value}
         k = self.store.keys
@@ -240,14 +282,14 @@ class Orchestrator:
             direct = self._direct_roots(c, ready, at)
             if direct is not None:
                 # One transaction: the run, its "running" event, the roots' tasks and messages.
-                self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], direct)
+                self.store.create_run(run_id, record, pipeline_json, waits, [started], direct)
                 self.cache.put(c)
                 return run_id
             # One transaction: the run, its "running" event and the roots' claims.
             claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
-            self.store.create_run(run_id, record, pipeline.to_json(), waits, [started], claims)
+            self.store.create_run(run_id, record, pipeline_json, waits, [started], claims)
         else:
-            version = self.store.create_run(run_id, record, pipeline.to_json(), waits, [started])
+            version = self.store.create_run(run_id, record, pipeline_json, waits, [started])
             copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
             ops: list[tuple[Any, ...]] = [
                 (k.run(run_id), "hset", "tasks_total", copied),
@@ -387,9 +429,6 @@ class Orchestrator:
             self._fail_launch(run_id, slug, str(exc))
             return
         closed = ready = False
-        if batch and total == 1 and first == 0:
-            # The node's only task: its completion may launch the successors (handoff).
-            batch = [json.dumps({**json.loads(batch[0]), SOLO: 1}, separators=(",", ":"))]
         if batch:
             _, ready, closed = self._launch_batch(run_id, node, plugin, first, batch, True)
         if not closed:
@@ -434,7 +473,8 @@ class Orchestrator:
             self.advance(run_id, settling=slug)
 
     def _specs(self, c: Compiled, node: Node, inputs: Inputs | None = None) -> Iterator[str]:
-        """Each task's decided inputs, in launch order, as the JSON persisted with the task."""
+        """Each task's decided inputs, in launch order, as the JSON persisted with the task;
+        a node's only task is marked ``solo`` (its completion may hand off)."""
         if not node.depends_on:
             plans: Iterable[TaskPlan] = [TaskPlan(index=0, origin=None, inputs={})]
         else:
@@ -443,23 +483,32 @@ class Orchestrator:
             # (it resumes launches that stopped moving for the publish grace period).
             beat = partial(self.store.touch_launch, c.run_id, node.slug)
             plans = iter_plans(node, reader.of(node, beat, HEARTBEAT_EVERY))
+        held: TaskPlan | None = None  # one plan behind: the first is solo if no second comes
+        count = 0
         for plan in repeated(node, plans):
-            yield json.dumps(self.spec(c, node, plan), separators=(",", ":"))
+            if held is not None:
+                yield json.dumps(self.spec(c, node, held), separators=(",", ":"))
+            held, count = plan, count + 1
+        if held is not None:
+            solo = count == 1 and held.index == 0
+            yield json.dumps(self.spec(c, node, held, solo=solo), separators=(",", ":"))
 
-    def spec(self, c: Compiled, node: Node, plan: TaskPlan) -> dict[str, Any]:
-        """One task's decided inputs (and bindings), as persisted with the task."""
+    def spec(self, c: Compiled, node: Node, plan: TaskPlan, solo: bool = False) -> dict[str, Any]:
+        """One task's decided inputs (and bindings), as persisted with the task. ``solo``: it
+        is its node's only task."""
         spec: dict[str, Any] = {"o": plan.origin}
         if not node.depends_on:
             spec["root"] = True
         else:
             spec["in"] = {dep: [a.id for a in arts] for dep, arts in plan.inputs.items() if arts}
-            # Small inputs of a task with several travel in its spec: the task does not read
-            # them back, one command per input artifact less (the artifacts of a settled node
-            # never change). Not for a single input: one read saved would not pay for the
-            # memory (a spec over 64 bytes takes the task's hash out of Redis' compact
-            # encoding, about 700 bytes more per task in a 100,000-task fan-out).
+            # Small inputs of a task with several, or of a node's only task, travel in its
+            # spec: the task does not read them back, one command per input artifact less (the
+            # artifacts of a settled node never change). Not for a single input of a task
+            # among many: one read saved would not pay for the memory (a spec over 64 bytes
+            # takes the task's hash out of Redis' compact encoding, about 700 bytes more per
+            # task in a 100,000-task fan-out); one task per node can pay it.
             embedded = [[a.origin, a.fields] for arts in plan.inputs.values() for a in arts]
-            if 2 <= len(embedded) <= EMBED_INPUTS_MAX and (
+            if (2 if not solo else 1) <= len(embedded) <= EMBED_INPUTS_MAX and (
                 len(json.dumps(embedded, separators=(",", ":"))) <= EMBED_INPUTS_BYTES
             ):
                 spec["a"] = embedded
@@ -477,6 +526,8 @@ class Orchestrator:
             except ExpressionError as exc:
                 # Decided once like any input: the task exists and fails with this error.
                 spec["err"] = str(exc)
+        if solo:
+            spec[SOLO] = 1  # its completion may launch the successors (handoff)
         return spec
 
     # -- settling -----------------------------------------------------------------------------

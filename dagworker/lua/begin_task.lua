@@ -11,7 +11,10 @@
 -- KEYS[1] run hash    KEYS[2] task hash
 -- ARGV[1] attempt     ARGV[2] now    ARGV[3] worker host
 -- ARGV[4] this run's outputs key prefix   ARGV[5] largest spec (bytes) whose inputs are read
--- returns {verdict, spec, state, epoch, fetched, id1, artifact1, id2, artifact2, ...};
+-- ARGV[6] '1' when the worker has not compiled this run: the run's input, no_cache and
+--         pipeline fingerprint come back too, in the read of its status (no command more)
+-- returns {verdict, spec, state, epoch, fetched, input, no_cache, pipeline_fp, id1,
+--          artifact1, id2, artifact2, ...} (input, no_cache, pipeline_fp: false unless asked);
 --         verdict: run | finished | stale | inactive | missing; epoch: the run's input epoch
 --         (a retry with a new input bumps it: caches reload); fetched: 1 when the inputs
 --         follow (an artifact is false when missing), 0 when the caller reads them itself
@@ -28,7 +31,12 @@ end
 if state == 'completed' or state == 'failed' or state == 'cancelled' or state == 'compensated' then
   return {'finished', '', state}
 end
-local run = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+local run
+if ARGV[6] == '1' then
+  run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'input', 'no_cache', 'pipeline_fp')
+else
+  run = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+end
 local status = run[1]
 if status ~= 'running' and status ~= 'paused' then
   return {'inactive', '', status or ''}
@@ -36,7 +44,8 @@ end
 local spec = task[3]
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
            'attempt', asked, 'deliveries', tonumber(task[4] or '0') + 1)
-local out = {'run', spec, state, run[2] or '', 0}
+local out = {'run', spec, state, run[2] or '', 0, run[3] or false, run[4] or false,
+             run[5] or false}
 if spec and #spec <= tonumber(ARGV[5]) then
   local decoded = cjson.decode(spec)
   out[5] = 1

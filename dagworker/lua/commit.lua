@@ -9,7 +9,8 @@
 -- KEYS[1]   run hash (holds the "version" fence)   KEYS[2] the run lock
 -- KEYS[3..] every other key an op names, by position (all share the run's hash tag)
 -- ARGV[1]   the version the caller read, or 'new': the run is being created and must not
---           exist yet (its creation, one step with its roots' tasks and messages)
+--           exist yet (its creation, one step with its roots' tasks and messages; its ops
+--           write the version, 1, themselves)
 -- ARGV[2]   JSON list of ops: {key_pos, verb, args...}; verbs: hset field value [field value
 --           ...] | hdel field | hincrby field n | sadd member | srem member [member ...] |
 --           zadd score member | zrem member | rpush value [value ...] | lpush value
@@ -49,4 +50,6 @@ end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
 end
+-- (a run created here has its version, 1, in its first HSET: store.create_run puts it there)
+if ARGV[1] == 'new' then return 1 end
 return redis.call('HINCRBY', KEYS[1], 'version', 1)

@@ -9,18 +9,20 @@
 -- launch, planned from the outputs it is recording (the successors whose only dependency is
 -- this node, and joins whose other dependencies it read completed, with their outputs); this
 -- script applies it only when the orchestrator would decide exactly that: the run is running
--- at the epoch the plan was made for, no orchestrator holds the run lock, the node is running,
+-- at the epoch the plan was made for, the node is running,
 -- each planned successor is pending and waits for this node alone, each other successor still
 -- waits for another node, and, when the node is the run's last, no node of the run failed (the
 -- run completes here). Anything else falls back to the settle set. The handoff bumps the run's
--- version like a commit, so an orchestrator that read before it (and whose lock had expired)
--- cannot commit over it.
+-- version like a commit, so an orchestrator (or a control action) that read the run before it
+-- cannot commit over it: its commit is refused and it reads again. It does not wait for the
+-- run lock: that lock keeps orchestrators from deciding at the same time, and the version
+-- fence is what keeps a decision made on an old read from being written.
 --
 -- KEYS[1] run hash   KEYS[2] node hash   KEYS[3] task hash   KEYS[4] outputs list
 -- KEYS[5] counts hash   KEYS[6] staging list (may not exist)   KEYS[7] settle set
 -- KEYS[8] task history list (one JSON entry per finished attempt, when there were retries)
 -- KEYS[9] the node's notable-tasks zset (failed or retried tasks, for status)
--- KEYS[10] node-states hash   KEYS[11] run lock   KEYS[12..] keys the handoff names by position
+-- KEYS[10] node-states hash   KEYS[11..] keys the handoff names by position
 -- ARGV[1] attempt   ARGV[2] outcome: completed | failed | cancelled   ARGV[3] now
 -- ARGV[4] task index   ARGV[5] slug   ARGV[6] number of outputs   ARGV[7] error ('' if none)
 -- ARGV[8] traceback   ARGV[9] 1 when outputs are staged in KEYS[6]; else ARGV[11..] are them
@@ -130,7 +132,6 @@ local function handoff()
   local ending = tonumber(run[5] or '0') + 1 >= tonumber(run[6])
   -- The run's last node: it ends here only when it completes the run (no node failed).
   if ending and (not fin or (run[10] and run[10] ~= '[]')) then return false end
-  if redis.call('EXISTS', KEYS[11]) == 1 then return false end
   -- It holds: what decide + commit + launch_batch + publish would have written. A queued
   -- task's record is written by launch_batch.lua, here and by Orchestrator._direct_roots;
   -- tests/integration/test_handoff.py holds the three to the same fields.

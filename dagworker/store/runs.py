@@ -56,6 +56,22 @@ class Store(OutputStore, CompensationStore):
         version (1).
         """
         k = self.keys
+        # The run hash is new: the ops' increments of its counters (the roots' nodes_running
+        # and tasks_total) and the version fence start in its first HSET, not in commands of
+        # their own (commit.lua's "new" mode returns 1 without counting the version). Only
+        # the increments before any other op on the run hash fold; the rest stay in order.
+        record = {**record, "version": 1}
+        rest: list[tuple[Any, ...]] = []
+        folding = True
+        for op in ops:
+            if op[0] != k.run(run_id):
+                rest.append(op)
+            elif folding and op[1] == "hincrby":
+                record[op[2]] = int(record.get(op[2]) or 0) + int(op[3])
+            else:
+                folding = False
+                rest.append(op)
+        ops = rest
         nodes: list[Any] = []
         for slug, wait in waits.items():
             nodes += [slug, "pending", f"{slug}:wait", wait]
@@ -416,16 +432,40 @@ class Store(OutputStore, CompensationStore):
     # -- tasks ----------------------------------------------------------------------------------
 
     def begin_task(
-        self, run_id: str, slug: str, index: int, attempt: int, worker: str
+        self,
+        run_id: str,
+        slug: str,
+        index: int,
+        attempt: int,
+        worker: str,
+        *,
+        want_run: bool = False,
     ) -> TaskBegin:
+        """``want_run``: also return the run's fields a worker compiles it from (the caller
+        has not compiled it), read with its status."""
         k = self.keys
         verdict, spec, state, *rest = self._scripts["begin_task"](
             keys=[k.run(run_id), k.task(run_id, slug, index)],
-            args=[attempt, now(), worker, k.outputs_prefix(run_id), BEGIN_INPUTS_SPEC_BYTES],
+            args=[
+                attempt,
+                now(),
+                worker,
+                k.outputs_prefix(run_id),
+                BEGIN_INPUTS_SPEC_BYTES,
+                "1" if want_run else "0",
+            ],
         )
         if verdict != "run":
             return TaskBegin(verdict, {}, state)
-        epoch, fetched, *pairs = rest
+        epoch, fetched, run_input, no_cache, fingerprint, *pairs = rest
+        run = None
+        if fingerprint:
+            run = {
+                "epoch": epoch,
+                "input": run_input or "{}",
+                "no_cache": no_cache or "",
+                "pipeline_fp": fingerprint,
+            }
         decoded = json.loads(spec) if spec else {}
         inputs: dict[str, Artifact] | None = None
         if "a" in decoded:
@@ -441,7 +481,7 @@ class Store(OutputStore, CompensationStore):
                 if raw is None:
                     raise StoreError(f"artifact {aid} of run {run_id!r} is missing")
                 inputs[aid] = decode_artifact(node, int(task_s), int(k_s), raw)
-        return TaskBegin(verdict, decoded, state, epoch, inputs)
+        return TaskBegin(verdict, decoded, state, epoch, inputs, run)
 
     def record_cache_hit(self, run_id: str, slug: str, index: int) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -479,7 +519,6 @@ class Store(OutputStore, CompensationStore):
                 k.history(run_id, slug, index),
                 k.notable(run_id, slug),
                 k.nodes(run_id),
-                k.lock(run_id),
                 *(handoff.keys if handoff else ()),
             ],
             args=[

@@ -77,11 +77,7 @@ def same_as_orchestrator(client: Client, run_id: str, slug: str) -> None:
     orch = client.orchestrator
     c = orch.compiled(run_id)
     expected = list(orch._specs(c, c.nodes[slug]))
-    stored = []
-    for index in range(len(expected)):
-        spec = json.loads(client.store.task(run_id, slug, index)["spec"])
-        spec.pop(SOLO, None)
-        stored.append(json.dumps(spec, separators=(",", ":")))
+    stored = [client.store.task(run_id, slug, i)["spec"] for i in range(len(expected))]
     assert stored == expected
     assert int(client.store.r.hget(client.store.keys.node(run_id, slug), "tasks")) == len(expected)
 
@@ -232,13 +228,13 @@ def test_a_join_with_many_inputs_is_planned_by_the_orchestrator(
         ((slug, _, tasks),) = json.loads(planned.plan)["claim"]
         assert slug == "j" and len(tasks) == 1
         claimed = json.loads(tasks[0][1])
-        assert claimed.pop(SOLO) == 1
-        assert [json.dumps(claimed, separators=(",", ":"))] == list(orch._specs(c, c.nodes["j"]))
+        assert claimed[SOLO] == 1
+        assert [tasks[0][1]] == list(orch._specs(c, c.nodes["j"]))
         assert list(claimed["in"]) == ["a", "other"] and len(claimed["in"]["other"]) == n
         assert ("a" in claimed) == (n == 3)  # small inputs travel in the spec
 
 
-def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
+def test_an_orchestrator_that_read_before_a_handoff_cannot_commit_over_it(
     client: Client, fleet: Deployment
 ) -> None:
     p = {
@@ -250,24 +246,31 @@ def test_a_held_run_lock_sends_the_completion_to_the_orchestrator(
         ],
     }
     handle = client.submit(p)
-    # Given the run's lock held (as by an orchestrator deciding) while a finishes
+    store, k = client.store, client.store.keys
+    # Given an orchestrator holding the run's lock, having read the run (b pending), while a
+    # finishes
     wait_for(lambda: any(c.get("phase") == "start" for c in fleet.calls(handle.id)), WAIT)
-    lock = RunLock(client.store.r, client.store.keys.lock(handle.id), 60.0)
+    lock = RunLock(store.r, k.lock(handle.id), 60.0)
     lock.acquire()
     try:
-        client.store.r.set(hold_key(fleet.prefix, handle.id), 1)  # a may finish now
-        wait_for(lambda: client.store.task(handle.id, "a", 0)["state"] == "completed", WAIT)
-        # Then a is left to the orchestrator: nothing of b was written
-        assert client.store.settle_pending(handle.id) == {"a"}
-        assert client.store.nodes(handle.id)["b"] == "pending"
-        assert not client.store.task(handle.id, "b", 0)
-        assert handoffs(client, handle.id) == 0
+        read = store.run(handle.id)
+        assert store.nodes(handle.id)["b"] == "pending"
+        store.r.set(hold_key(fleet.prefix, handle.id), 1)  # a may finish now
+        # Then a's completion hands b off all the same (the lock only keeps orchestrators
+        # from deciding at once)
+        wait_for(lambda: handoffs(client, handle.id) >= 1, WAIT)
+        assert store.nodes(handle.id)["a"] == "completed"
+        assert store.settle_pending(handle.id) == set()
+        # And the orchestrator's decision from its earlier read (claiming b itself) is
+        # refused whole: the handoff moved the version
+        claim = [(k.nodes(handle.id), "hset", "b", "running"), (k.run(handle.id), "hset", "x", 1)]
+        assert store.commit(handle.id, int(read["version"]), claim, lock) == -1
+        assert "x" not in store.run(handle.id)
     finally:
         lock.release()
-    # And once the lock is free, the orchestrator launches b, b hands c off, c ends the run
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    assert handoffs(client, handle.id) == 2
+    assert handoffs(client, handle.id) == 3
     assert Counter(c["node"] for c in fleet.calls(handle.id)) == {"a": 2, "b": 1, "c": 1}
     assert_clean(client, handle.id, 3)
 
@@ -371,7 +374,7 @@ def test_what_qualifies_for_a_handoff(client: Client) -> None:
     assert [s["in"] for s in specs] == [{"a": [f"a:0:{i}"]} for i in range(3)]
     assert all(SOLO not in s for s in specs)  # b has three tasks
     ((queue_pos, envelopes),) = body["push"]
-    assert len(envelopes) == 3 and h.keys[queue_pos - 12].endswith(":dagworker")
+    assert len(envelopes) == 3 and h.keys[queue_pos - 11].endswith(":dagworker")
     # A successor with one task is marked solo, so its completion may hand off in turn
     (claim,) = json.loads(plan(orch, c, "a", 0, solo, one).plan)["claim"]  # type: ignore[union-attr]
     assert json.loads(claim[2][0][1])[SOLO] == 1

@@ -130,6 +130,7 @@ def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: 
                 "fan_mode": "aggregate",
             },
             {"slug": "each", "plugin": "t_echo_all", "depends_on": ["files"]},
+            {"slug": "one", "plugin": "t_echo_all", "depends_on": ["all"]},
             {
                 "slug": "mixed",
                 "plugin": "t_echo_all",
@@ -150,7 +151,12 @@ def test_a_launch_copies_only_small_inputs_into_the_spec(client: Client, fleet: 
     (agg,) = specs("all")
     assert [fields for _, fields in agg["a"]] == files
     assert handle.outputs("all") == [{"artifacts": files}]
-    # and a task with a single input, or with a large one among them, reads them when it begins
+    # and so does the single input of a node's only task
+    (one,) = specs("one")
+    assert one["in"] == {"all": ["all:0:0"]} and one["a"] == [[None, {"artifacts": files}]]
+    assert handle.outputs("one") == [{"artifacts": [{"artifacts": files}]}]
+    # while a task among several with a single input, or one with a large input among them,
+    # reads them when it begins
     assert all("a" not in s for s in specs("each")) and len(specs("each")) == 5
     (mixed,) = specs("mixed")
     assert "a" not in mixed
@@ -194,6 +200,67 @@ def test_create_run_writes_a_large_pipeline_once(isolated: Deployment) -> None:
     with pytest.raises(StoreError, match="already exists"):
         store.create_run("r6", {**record, "status": "failed"}, "{}", {"x": 0})
     assert store.run("r6")["status"] == "running" and "x" not in store.nodes("r6")
+
+
+def test_create_run_starts_the_run_counters_in_its_first_write(isolated: Deployment) -> None:
+    # Given a run created with its roots' ops: counter increments first, then a write of the
+    # run hash, then another increment
+    store = isolated.client().store
+    k = store.keys
+    record = {"id": "r8", "status": "running", "created_at": 1.5, "tasks_total": 0}
+    ops = [
+        (k.run("r8"), "hincrby", "nodes_running", 1),
+        (k.node("r8", "a"), "hset", "started_at", 1.5),
+        (k.run("r8"), "hincrby", "tasks_total", 3),
+        (k.run("r8"), "hset", "tasks_total", 10),
+        (k.run("r8"), "hincrby", "tasks_total", 2),
+    ]
+    # When it is created
+    assert store.create_run("r8", record, "{}", {"a": 0}, ops=ops) == 1
+    # Then every op took effect in order: the leading increments in the record, the later
+    # increment after the write; the version is 1 and a commit at 1 is accepted
+    run = store.run("r8")
+    assert (run["nodes_running"], run["tasks_total"], run["version"]) == ("1", "12", "1")
+    assert store.r.hget(k.node("r8", "a"), "started_at") == "1.5"
+    assert store.commit("r8", 1, [(k.run("r8"), "hset", "x", 1)]) == 2
+
+
+def test_a_second_run_of_a_pipeline_is_compiled_from_what_begin_task_returns(
+    isolated: Deployment,
+) -> None:
+    # Given two runs of one pipeline with different inputs, no worker, and a worker-side
+    # orchestrator that compiled the first
+    client = isolated.client()
+    p = {
+        "name": "fp",
+        "input": {"tag": {"type": "string"}},
+        "nodes": [
+            {"slug": "a", "plugin": "t_echo_all"},
+            {"slug": "b", "plugin": "t_echo_all", "depends_on": ["a"]},
+        ],
+    }
+    first = client.submit(p, {"tag": "one"})
+    second = client.submit(p, {"tag": "two"})
+    worker = isolated.client().orchestrator
+    store = worker.store
+    one = store.begin_task(first.id, "a", 0, 1, "w", want_run=True)
+    assert one.run is not None and one.run["pipeline_fp"]
+    worker.compiled(first.id, one.epoch, one.run)
+    # When the worker begins the second run's first task, asking for the run's fields
+    two = store.begin_task(second.id, "a", 0, 1, "w", want_run=True)
+    assert two.run is not None and two.run["pipeline_fp"] == one.run["pipeline_fp"]
+    # Then it compiles the run without reading the run or its pipeline (gone here: a read
+    # would fail), with the second run's own input
+    store.r.delete(store.keys.pipeline(second.id))
+    c = worker.compiled(second.id, two.epoch, two.run)
+    assert c.run_id == second.id and c.run_input == {"tag": "two"}
+    assert c.nodes == worker.compiled(first.id).nodes
+    assert worker.compiled(first.id).run_input == {"tag": "one"}
+    # A task of a run the worker has compiled does not ask; a run without a fingerprint
+    # (created by an earlier release) is read as before
+    assert store.begin_task(second.id, "b", 0, 1, "w").run is None
+    store.r.hdel(store.keys.run(first.id), "pipeline_fp")
+    assert store.begin_task(first.id, "a", 0, 1, "w", want_run=True).run is None
 
 
 def test_a_handoff_larger_than_lua_unpacks_pushes_every_message(isolated: Deployment) -> None:
