@@ -34,7 +34,6 @@ kombu's transport too (its TLS handling keys on that name).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,12 +42,22 @@ from typing import Any
 import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
 
 TRANSPORT = "dagworker.transport:Transport"
 
 
 def _str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _prefixed(client: Any, command: str, key: str) -> str:
+    """``key`` as ``command`` must name it: kombu's client adds ``global_keyprefix`` for the
+    commands it lists only (HKEYS is not among them; ZRANGE is not in every kombu 5)."""
+    prefix = getattr(client, "global_keyprefix", "")
+    if prefix and command not in getattr(client, "PREFIXED_SIMPLE_COMMANDS", ()):
+        return f"{prefix}{key}"
+    return key
 
 
 def delivered_at(field: str | bytes) -> float | None:
@@ -71,7 +80,8 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
         field = f"{delivery_tag}@{time.time():.6f}"
-        record = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        # (kombu's JSON: it encodes what kombu's decoder turned into datetimes, UUIDs ...)
+        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.channel.conn_or_acquire() as client:
             client.hset(self.unacked_key, field, record)
         self._fields[delivery_tag] = field
@@ -99,11 +109,14 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        field = self._fields.pop(_str(tag), None)
+        field = self._fields.get(_str(tag))
         if field is None:
             super().restore_by_tag(tag, client, leftmost)
-        else:
-            self.restore_field(field, client, leftmost)
+            return
+        self.restore_field(field, client, leftmost)
+        # Forgotten only once restored: should the restore fail (Redis unreachable), the
+        # delivery's ack still deletes its record, and it is not redelivered after it ran.
+        self._fields.pop(_str(tag), None)
 
     def restore_field(self, field: str, client: Any = None, leftmost: bool = False) -> None:
         """Put a recorded delivery back on its queue and drop the record, once: in a
@@ -114,7 +127,7 @@ class QoS(kombu_redis.QoS):
             pipe.multi()
             pipe.hdel(self.unacked_key, field)
             if record:
-                payload, exchange, routing_key = json.loads(record)
+                payload, exchange, routing_key = loads(_str(record))
                 self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
         with self.channel.conn_or_acquire(client) as conn:
@@ -128,19 +141,17 @@ class QoS(kombu_redis.QoS):
             ceil = time.time() - self.visibility_timeout
             try:
                 with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
-                    # (kombu's prefixing client leaves HKEYS' key alone: prefixed here)
-                    prefix = getattr(client, "global_keyprefix", "")
                     due = []
-                    for field in client.hkeys(prefix + self.unacked_key):
+                    for field in client.hkeys(_prefixed(client, "HKEYS", self.unacked_key)):
                         at = delivered_at(field)
                         if at is not None and at <= ceil:
                             due.append((at, _str(field)))
                     due.sort()
-                    for _, field in due[: num or None]:
+                    for _, field in due if num is None else due[:num]:
                         self.restore_field(field, client)
                     # kombu's own records (index + hash), from a worker of an earlier release
                     old = client.zrange(
-                        self.unacked_index_key,
+                        _prefixed(client, "ZRANGE", self.unacked_index_key),
                         ceil,
                         0,
                         desc=True,

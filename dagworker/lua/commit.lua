@@ -16,12 +16,25 @@
 --           zadd score member | zrem member | rpush value [value ...] | lpush value
 --           [value ...] | set value | del
 -- ARGV[3]   the caller's lock token, '' when it holds no lock
+-- ARGV[4]   until when (Unix time) a refused caller asks handoffs to yield to it
 -- returns   the new version, -1 when the run changed, -2 when a run to create exists
---           (nothing written in either case)
+--           (nothing written in either case, but for the run's "deciding" field)
+--
+-- Handoffs (finish_task.lua) bump the version without the run lock, so a stream of them
+-- could refuse an orchestrator's commits over and over. A refused commit therefore marks the
+-- run "deciding" until ARGV[4]: handoffs leave their completions to the orchestrator (the
+-- settle set) until its next commit, which clears the mark, or until the mark expires (a
+-- caller that died or found nothing to commit).
+local deciding = false
 if ARGV[1] == 'new' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
-elseif tonumber(redis.call('HGET', KEYS[1], 'version') or '0') ~= tonumber(ARGV[1]) then
-  return -1
+else
+  local run = redis.call('HMGET', KEYS[1], 'version', 'deciding')
+  if tonumber(run[1] or '0') ~= tonumber(ARGV[1]) then
+    if run[1] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'deciding', ARGV[4]) end
+    return -1
+  end
+  deciding = run[2]
 end
 -- Lua's unpack refuses some thousands of values: long pushes go in chunks.
 local function push(verb, key, op)
@@ -47,6 +60,7 @@ for _, op in ipairs(ops) do
   else return redis.error_reply('commit.lua: unknown verb ' .. tostring(verb))
   end
 end
+if deciding then redis.call('HDEL', KEYS[1], 'deciding') end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
 end

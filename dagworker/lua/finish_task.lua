@@ -9,7 +9,8 @@
 -- launch, planned from the outputs it is recording (the successors whose only dependency is
 -- this node, and joins whose other dependencies it read completed, with their outputs); this
 -- script applies it only when the orchestrator would decide exactly that: the run is running
--- at the epoch the plan was made for, the node is running,
+-- at the epoch the plan was made for, no orchestrator refused by a handoff is deciding it
+-- (commit.lua's "deciding" mark), the node is running,
 -- each planned successor is pending and waits for this node alone, each other successor still
 -- waits for another node, and, when the node is the run's last, no node of the run failed (the
 -- run completes here). Anything else falls back to the settle set. The handoff bumps the run's
@@ -126,8 +127,10 @@ local function handoff()
   end
   local run = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'version', 'nodes_running',
                          'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
-                         'handoffs', 'failed_nodes', 'parent')
+                         'handoffs', 'failed_nodes', 'parent', 'deciding')
   if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch then return false end
+  -- an orchestrator whose commit a handoff refused decides next (commit.lua)
+  if run[12] and tonumber(run[12]) > tonumber(ARGV[3]) then return false end
   local fin = plan['end']
   local ending = tonumber(run[5] or '0') + 1 >= tonumber(run[6])
   -- The run's last node: it ends here only when it completes the run (no node failed).

@@ -339,7 +339,8 @@ class Store(OutputStore, CompensationStore):
             else:
                 open_ops.pop(key, None)
         token = lock.token if lock is not None else ""
-        return keys, [version, json.dumps(encoded), token]
+        # (how long a refused caller has the handoffs yield to it: one lock period)
+        return keys, [version, json.dumps(encoded), token, now() + self.settings.lock_timeout]
 
     # -- launching ------------------------------------------------------------------------------
 

@@ -108,16 +108,16 @@ def t_sleep(ctx: TaskContext, seconds: float = 0.5) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-def hold_key(prefix: str, run_id: str) -> str:
-    """The key whose existence lets a run's ``t_hold`` tasks finish."""
-    return f"{prefix}:test:hold:{run_id}"
+def hold_key(prefix: str, run_id: str, name: str = "") -> str:
+    """The key whose existence lets a run's ``t_hold`` tasks (of that ``name``) finish."""
+    return f"{prefix}:test:hold:{run_id}" + (f":{name}" if name else "")
 
 
 @plugin("t_hold")
-def t_hold(ctx: TaskContext, timeout: float = 60.0) -> dict[str, Any]:
+def t_hold(ctx: TaskContext, timeout: float = 60.0, name: str = "") -> dict[str, Any]:
     """Runs until the test sets ``hold_key`` for this run (the test decides when it ends)."""
     note(ctx, phase="start")
-    key = hold_key(os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker"), ctx.run_id)
+    key = hold_key(os.environ.get("DAGWORKER_KEY_PREFIX", "dagworker"), ctx.run_id, name)
     deadline = time.monotonic() + timeout
     while not _redis().exists(key):
         if time.monotonic() > deadline:

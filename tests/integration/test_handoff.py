@@ -241,15 +241,16 @@ def test_an_orchestrator_that_read_before_a_handoff_cannot_commit_over_it(
         "name": "handoff-locked",
         "nodes": [
             node("a", "t_hold"),
-            node("b", "t_append", "a"),
+            node("b", "t_hold", "a", config={"name": "b"}),
             node("c", "t_append", "b"),
         ],
     }
     handle = client.submit(p)
     store, k = client.store, client.store.keys
+    calls = lambda: fleet.calls(handle.id)  # noqa: E731
     # Given an orchestrator holding the run's lock, having read the run (b pending), while a
     # finishes
-    wait_for(lambda: any(c.get("phase") == "start" for c in fleet.calls(handle.id)), WAIT)
+    wait_for(lambda: any(c.get("phase") == "start" for c in calls()), WAIT)
     lock = RunLock(store.r, k.lock(handle.id), 60.0)
     lock.acquire()
     try:
@@ -258,20 +259,31 @@ def test_an_orchestrator_that_read_before_a_handoff_cannot_commit_over_it(
         store.r.set(hold_key(fleet.prefix, handle.id), 1)  # a may finish now
         # Then a's completion hands b off all the same (the lock only keeps orchestrators
         # from deciding at once)
-        wait_for(lambda: handoffs(client, handle.id) >= 1, WAIT)
+        wait_for(lambda: handoffs(client, handle.id) == 1, WAIT)
         assert store.nodes(handle.id)["a"] == "completed"
         assert store.settle_pending(handle.id) == set()
         # And the orchestrator's decision from its earlier read (claiming b itself) is
         # refused whole: the handoff moved the version
         claim = [(k.nodes(handle.id), "hset", "b", "running"), (k.run(handle.id), "hset", "x", 1)]
-        assert store.commit(handle.id, int(read["version"]), claim, lock) == -1
+        assert store.commit(handle.id, int(read["version"]), claim) == -1
         assert "x" not in store.run(handle.id)
+        # When b finishes while that orchestrator decides again, b's completion yields to it:
+        # b waits in the settle set, c is not launched
+        wait_for(lambda: any(c["node"] == "b" for c in calls()), WAIT)
+        store.r.set(hold_key(fleet.prefix, handle.id, "b"), 1)
+        wait_for(lambda: store.settle_pending(handle.id) == {"b"}, WAIT)
+        assert store.nodes(handle.id)["c"] == "pending" and handoffs(client, handle.id) == 1
+        # and its next commit clears the mark
+        version = int(store.run(handle.id)["version"])
+        assert store.commit(handle.id, version, [(k.run(handle.id), "hset", "x", 1)]) > 0
+        assert "deciding" not in store.run(handle.id)
     finally:
         lock.release()
+    # Then the orchestrator settles b and launches c, whose completion ends the run
     status = handle.wait(WAIT)
     assert status.status == "completed", status.error
-    assert handoffs(client, handle.id) == 3
-    assert Counter(c["node"] for c in fleet.calls(handle.id)) == {"a": 2, "b": 1, "c": 1}
+    assert handoffs(client, handle.id) == 2
+    assert Counter(c["node"] for c in calls()) == {"a": 2, "b": 2, "c": 1}
     assert_clean(client, handle.id, 3)
 
 

@@ -256,11 +256,19 @@ def test_a_second_run_of_a_pipeline_is_compiled_from_what_begin_task_returns(
     assert c.run_id == second.id and c.run_input == {"tag": "two"}
     assert c.nodes == worker.compiled(first.id).nodes
     assert worker.compiled(first.id).run_input == {"tag": "one"}
-    # A task of a run the worker has compiled does not ask; a run without a fingerprint
-    # (created by an earlier release) is read as before
-    assert store.begin_task(second.id, "b", 0, 1, "w").run is None
+    # and a run started with --no-cache keeps its flag
+    third = client.submit(p, {"tag": "three"}, no_cache=True)
+    begun = store.begin_task(third.id, "a", 0, 1, "w", want_run=True)
+    assert begun.verdict == "run" and begun.run is not None
+    assert worker.compiled(third.id, begun.epoch, begun.run).no_cache
+    assert not worker.compiled(second.id).no_cache
+    # A delivery that does not ask gets no run fields; a run without a fingerprint (created
+    # by an earlier release) is read as before
+    again = store.begin_task(second.id, "a", 0, 1, "w")
+    assert again.verdict == "run" and again.run is None
     store.r.hdel(store.keys.run(first.id), "pipeline_fp")
-    assert store.begin_task(first.id, "a", 0, 1, "w", want_run=True).run is None
+    begun = store.begin_task(first.id, "a", 0, 1, "w", want_run=True)
+    assert begun.verdict == "run" and begun.run is None
 
 
 def test_a_handoff_larger_than_lua_unpacks_pushes_every_message(isolated: Deployment) -> None:

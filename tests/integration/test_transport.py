@@ -5,6 +5,7 @@ cleared on the ack, restored by the visibility sweep, a requeued reject and a sh
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import secrets
 import time
@@ -164,6 +165,52 @@ def test_a_requeued_reject_and_a_shutdown_put_the_message_back(
         assert sorted(
             json.loads(base64.b64decode(m["body"]))["n"] for m in _queued(r, "dwtest-transport-r")
         ) == [1, 2]
+    finally:
+        queue.close()
+
+
+def test_a_restore_that_fails_leaves_the_record_to_the_ack(
+    connection: Connection, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = connection.SimpleQueue("dwtest-transport-f")
+    try:
+        queue.put({"n": 1}, serializer="json")
+        message = queue.get(timeout=5)
+        qos = connection.default_channel.qos
+
+        def unreachable(*args: object, **kwargs: object) -> None:
+            raise redis.ConnectionError("Redis went away")
+
+        # Given a restore at shutdown that fails (Redis unreachable for a moment) while the
+        # task goes on running
+        monkeypatch.setattr(qos, "restore_field", unreachable)
+        with pytest.raises(redis.ConnectionError):
+            qos.restore_by_tag(message.delivery_tag)
+        monkeypatch.undo()
+        # When the task finishes and is acknowledged
+        message.ack()
+        # Then its record is gone: the sweep will not redeliver a task that ran
+        assert _unacked(r, connection) == {}
+        assert _queued(r, "dwtest-transport-f") == []
+    finally:
+        queue.close()
+
+
+def test_a_record_keeps_what_kombus_json_decoded(connection: Connection, r: redis.Redis) -> None:
+    # Given a message whose headers kombu decodes into a datetime (another producer's)
+    queue = connection.SimpleQueue("dwtest-transport-j")
+    try:
+        when = datetime.datetime(2026, 12, 2, 7, 30, tzinfo=datetime.UTC)
+        queue.put({"n": 1}, serializer="json", headers={"at": when})
+        # When it is delivered, its record is written (a stdlib encoder would refuse it and
+        # the popped message would be lost), and restored from it, it comes back whole
+        message = queue.get(timeout=5)
+        assert len(_unacked(r, connection)) == 1
+        connection.default_channel.qos.restore_unacked_once()
+        again = queue.get(timeout=5)
+        assert again.headers["at"] == when and again.payload == {"n": 1}
+        again.ack()
+        assert message.headers["at"] == when
     finally:
         queue.close()
 
