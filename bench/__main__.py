@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from celery.result import AsyncResult
 
-from bench import canvas_app, machine, profiling, redisinfo, suites
+from bench import canvas_app, machine, profiling, redisinfo, suites, targets
 from bench.fleet import Fleet
 from bench.measure import Bench
 from bench.server import PrivateRedis
@@ -119,12 +119,14 @@ def _run_suites(bench: Bench, args: argparse.Namespace) -> None:
     plan = suites.sizes(args.quick)
     chosen = set(args.only or suites.SUITES)
     shapes = [plan.compare[name] for name in suites.COMPARE if name in chosen]
+    figures = targets.Figures()
     if shapes:
-        suites.compare(bench, shapes, args.rounds or plan.rounds)
+        suites.compare(bench, shapes, args.rounds or plan.rounds, figures)
     if "scale-fanout" in chosen:
-        suites.big_node(suites.scale_fanout(bench, plan.scale_fanout))
+        suites.big_node(suites.scale_fanout(bench, plan.scale_fanout, figures))
     if "scale-chain" in chosen:
-        suites.scale_chain(bench, plan.scale_chain)
+        suites.scale_chain(bench, plan.scale_chain, figures)
+    print(targets.report(figures))
 
 
 if __name__ == "__main__":

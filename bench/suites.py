@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from bench.measure import Bench, Sample
 from bench.report import fmt, mean, median, percentile, table
 from bench.shapes import Shape, chain_shape, diamonds_shape, fanout_shape, layers_shape
+from bench.targets import Figures, ratios
 
 COMPARE = ("chain", "fanout", "layers", "diamonds")
 SUITES = (*COMPARE, "scale-fanout", "scale-chain")
@@ -52,7 +53,11 @@ def sizes(quick: bool) -> Sizes:
 # -- comparison ---------------------------------------------------------------------------------
 
 
-def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
+#: per-task columns of the scaling series held to the flatness target
+FLAT_COLUMNS = {"wall ms/t": "wall", "cmd/t": "commands", "cpu ms/t": "worker cpu"}
+
+
+def compare(bench: Bench, shapes: list[Shape], rounds: int, figures: Figures) -> None:
     """A B A B ...: a warm-up pair first, then ``rounds`` pairs; ratios are taken per pair so a
     machine that slows down mid-bench (other engineers' tests) hits both sides of a ratio."""
     rows, commands, wire = [], [], []
@@ -80,6 +85,12 @@ def compare(bench: Bench, shapes: list[Shape], rounds: int) -> None:
                 fmt(percentile(hops, 50), 1),
                 fmt(percentile(hops, 99), 1),
             ]
+        )
+        figures.compare[shape.name.split("-", 1)[0]] = (
+            shape.name,
+            median([d.wall_s / c.wall_s for d, c in pairs]),
+            median([d.per_task(d.commands) for d in dag]),
+            median([c.per_task(c.commands) for c in canvas]),
         )
         commands += [_top_commands(dag), _top_commands(canvas)]
         wire.append(
@@ -146,7 +157,7 @@ def _completion(sample: Sample, slug: str) -> tuple[list[float], list[float]]:
     return [float(c) for c, _ in costs], [float(u) for _, u in costs]
 
 
-def scale_fanout(bench: Bench, widths: tuple[int, ...]) -> list[Sample]:
+def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> list[Sample]:
     samples = []
     rows = []
     for width in widths:
@@ -185,13 +196,16 @@ def scale_fanout(bench: Bench, widths: tuple[int, ...]) -> list[Sample]:
         "launch cpu ms/t",
     ]
     rows.append(_ratio_row(rows, headers))
+    figures.flat["fan-out"] = ratios(headers, rows[-1], FLAT_COLUMNS)
+    # (measure() raises when a run does not complete: its task count is what completed)
+    figures.big_node = samples[-1].tasks - 1
     print(
         table("scaling: one fan-out node (src emits N -> N single tasks), dagworker", headers, rows)
     )
     return samples
 
 
-def scale_chain(bench: Bench, lengths: tuple[int, ...]) -> None:
+def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> None:
     rows = []
     for length in lengths:
         sample = bench.measure("dag", chain_shape(length))
@@ -225,6 +239,7 @@ def scale_chain(bench: Bench, lengths: tuple[int, ...]) -> None:
         "hop p99 ms",
     ]
     rows.append(_ratio_row(rows, headers))
+    figures.flat["chains"] = ratios(headers, rows[-1], FLAT_COLUMNS)
     print(table("scaling: chains, dagworker", headers, rows))
 
 
