@@ -215,9 +215,19 @@ def test_create_run_starts_the_run_counters_in_its_first_write(isolated: Deploym
         (k.run("r8"), "hset", "tasks_total", 10),
         (k.run("r8"), "hincrby", "tasks_total", 2),
     ]
-    # When it is created
-    assert store.create_run("r8", record, "{}", {"a": 0}, ops=ops) == 1
-    # Then every op took effect in order: the leading increments in the record, the later
+    # When it is created (every command Redis runs for it watched)
+    with store.r.monitor() as monitor:
+        assert store.create_run("r8", record, "{}", {"a": 0}, ops=ops) == 1
+        store.r.echo("dwtest-end")  # the last command seen
+        seen = []
+        for command in monitor.listen():
+            if command["command"] == "ECHO dwtest-end":
+                break
+            seen.append(command["command"])
+    # Then the leading increments were no commands of their own (one HINCRBY: the later one)
+    run_key = k.run("r8")
+    assert [c for c in seen if c.startswith("HINCRBY")] == [f"HINCRBY {run_key} tasks_total 2"]
+    # and every op took effect in order: the leading increments in the record, the later
     # increment after the write; the version is 1 and a commit at 1 is accepted
     run = store.run("r8")
     assert (run["nodes_running"], run["tasks_total"], run["version"]) == ("1", "12", "1")
