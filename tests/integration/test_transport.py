@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import kombu.transport
 import pytest
@@ -62,6 +63,15 @@ def _unacked(r: redis.Redis, connection: Connection) -> dict[str, list]:
     return {k: json.loads(v) for k, v in r.hgetall(PREFIX + qos.unacked_key).items()}
 
 
+def _commands_until(monitor: Any, last: str) -> list[str]:
+    seen = []
+    for command in monitor.listen():
+        if command["command"] == last:
+            return seen
+        seen.append(command["command"])
+    return seen
+
+
 def _queued(r: redis.Redis, queue: str) -> list[dict]:
     return [json.loads(m) for m in r.lrange(PREFIX + queue, 0, -1)]
 
@@ -73,8 +83,13 @@ def test_a_delivery_is_one_record_until_it_is_acknowledged(
     try:
         queue.put({"n": 1}, serializer="json")
         before = time.time()
-        message = queue.get(timeout=5)
+        with r.monitor() as monitor:
+            message = queue.get(timeout=5)
+            r.echo("dwtest-end")
+            watched = _commands_until(monitor, "ECHO dwtest-end")
         assert message.payload == {"n": 1}
+        # (the delivery record is one command, no index: kombu's is MULTI ZADD HSET EXEC)
+        assert [c.split()[0] for c in watched if PREFIX + "unacked" in c] == ["HSET"]
         # Given a message delivered and not yet acknowledged, one field holds it, named by
         # its tag and delivery time, with kombu's value (what a dead worker's message is
         # restored from); kombu's index is not written
@@ -88,9 +103,13 @@ def test_a_delivery_is_one_record_until_it_is_acknowledged(
         assert raw["headers"] == message.headers and routing_key == "dwtest-transport-q"
         assert exchange == "dwtest-transport-q"
         assert r.zcard(PREFIX + qos.unacked_index_key) == 0
-        message.ack()
-        # When it is acknowledged, the record is gone
+        with r.monitor() as monitor:
+            message.ack()
+            r.echo("dwtest-end")
+            watched = _commands_until(monitor, "ECHO dwtest-end")
+        # When it is acknowledged, the record is gone, in one command
         assert _unacked(r, connection) == {}
+        assert [c.split()[0] for c in watched if PREFIX + "unacked" in c] == ["HDEL"]
     finally:
         queue.close()
 
