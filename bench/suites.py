@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from bench.measure import Bench, Sample
 from bench.report import fmt, mean, median, percentile, table
 from bench.shapes import Shape, chain_shape, diamonds_shape, fanout_shape, layers_shape
-from bench.targets import Figures, ratios
+from bench.targets import Figures
 
 COMPARE = ("chain", "fanout", "layers", "diamonds")
 SUITES = (*COMPARE, "scale-fanout", "scale-chain")
@@ -51,10 +51,6 @@ def sizes(quick: bool) -> Sizes:
 
 
 # -- comparison ---------------------------------------------------------------------------------
-
-
-#: per-task columns of the scaling series held to the flatness target
-FLAT_COLUMNS = {"wall ms/t": "wall", "cmd/t": "commands", "cpu ms/t": "worker cpu"}
 
 
 def compare(bench: Bench, shapes: list[Shape], rounds: int, figures: Figures) -> None:
@@ -196,19 +192,30 @@ def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> lis
         "launch cpu ms/t",
     ]
     rows.append(_ratio_row(rows, headers))
-    figures.flat["fan-out"] = ratios(headers, rows[-1], FLAT_COLUMNS)
-    # (measure() raises when a run does not complete: its task count is what completed)
-    figures.big_node = samples[-1].tasks - 1
+    figures.flat["fan-out"] = _per_task(samples)
+    # (measure() raises unless every run completed: the largest node's size completed)
+    figures.big_node = max(widths)
     print(
         table("scaling: one fan-out node (src emits N -> N single tasks), dagworker", headers, rows)
     )
     return samples
 
 
+def _per_task(samples: list[Sample]) -> dict[str, list[float]]:
+    """The per-task costs held to the flatness target, unrounded, smallest run first."""
+    return {
+        "wall": [s.per_task(s.wall_s) for s in samples],
+        "commands": [s.per_task(s.commands) for s in samples],
+        "worker cpu": [s.per_task(s.worker_cpu_s) for s in samples],
+    }
+
+
 def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> None:
     rows = []
+    samples = []
     for length in lengths:
         sample = bench.measure("dag", chain_shape(length))
+        samples.append(sample)
         hops = [h * 1e3 for h in sample.hops_s]
         # Every completion of a chain launches the next link: all of them are alike.
         costs = [c for per_node in sample.executions.values() for c in per_node]
@@ -239,12 +246,13 @@ def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> Non
         "hop p99 ms",
     ]
     rows.append(_ratio_row(rows, headers))
-    figures.flat["chains"] = ratios(headers, rows[-1], FLAT_COLUMNS)
+    figures.flat["chains"] = _per_task(samples)
     print(table("scaling: chains, dagworker", headers, rows))
 
 
 def _ratio_row(rows: list[list[str]], headers: list[str]) -> list[str]:
-    """largest/smallest for every column (1.00 = per-task cost independent of size)."""
+    """The largest run's figure over the smallest run's, for every column (1.00 = per-task
+    cost independent of size; the targets table also judges the highest over the lowest)."""
     out = ["largest/smallest"]
     for i in range(1, len(headers)):
         if headers[i] == "wall s":  # a total, not a per-task cost: its ratio says nothing

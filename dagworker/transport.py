@@ -88,25 +88,30 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        field = self._fields.pop(delivery_tag, None)
+        field = self._fields.get(delivery_tag)
         if field is None:  # not recorded by this channel: kombu's format
             super().ack(delivery_tag)
             return
-        with self.channel.conn_or_acquire() as client:
-            client.hdel(self.unacked_key, field)
+        self._forget(delivery_tag, field)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if delivery_tag not in self._fields:
+        field = self._fields.get(delivery_tag)
+        if field is None:
             super().reject(delivery_tag, requeue=requeue)
             return
         if requeue:
             self.restore_by_tag(delivery_tag, leftmost=True)
         else:
-            field = self._fields.pop(delivery_tag)
-            with self.channel.conn_or_acquire() as client:
-                client.hdel(self.unacked_key, field)
+            self._forget(delivery_tag, field)
         virtual.QoS.ack(self, delivery_tag)
+
+    def _forget(self, delivery_tag: str, field: str) -> None:
+        """Delete a delivery's record; the field is forgotten only once it is deleted (a
+        failed delete leaves it to the next ack, a shutdown's restore or the sweep)."""
+        with self.channel.conn_or_acquire() as client:
+            client.hdel(self.unacked_key, field)
+        self._fields.pop(delivery_tag, None)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         field = self._fields.get(_str(tag))

@@ -16,22 +16,26 @@
 --           zadd score member | zrem member | rpush value [value ...] | lpush value
 --           [value ...] | set value | del
 -- ARGV[3]   the caller's lock token, '' when it holds no lock
--- ARGV[4]   until when (Unix time) a refused caller asks handoffs to yield to it
+-- ARGV[4]   for how long (seconds) a refused caller asks handoffs to yield to it
 -- returns   the new version, -1 when the run changed, -2 when a run to create exists
 --           (nothing written in either case, but for the run's "deciding" field)
 --
 -- Handoffs (finish_task.lua) bump the version without the run lock, so a stream of them
--- could refuse an orchestrator's commits over and over. A refused commit therefore marks the
--- run "deciding" until ARGV[4]: handoffs leave their completions to the orchestrator (the
+-- could refuse an orchestrator's commits over and over. A refused commit on a running run
+-- therefore marks it "deciding" for ARGV[4] seconds of the server's clock (no host's clock
+-- is compared with another's): handoffs leave their completions to the orchestrator (the
 -- settle set) until its next commit, which clears the mark, or until the mark expires (a
 -- caller that died or found nothing to commit).
 local deciding = false
 if ARGV[1] == 'new' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
 else
-  local run = redis.call('HMGET', KEYS[1], 'version', 'deciding')
+  local run = redis.call('HMGET', KEYS[1], 'version', 'deciding', 'status')
   if tonumber(run[1] or '0') ~= tonumber(ARGV[1]) then
-    if run[1] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'deciding', ARGV[4]) end
+    if run[3] == 'running' and ARGV[4] ~= '' then
+      local t = redis.call('TIME')
+      redis.call('HSET', KEYS[1], 'deciding', tonumber(t[1]) + tonumber(ARGV[4]))
+    end
     return -1
   end
   deciding = run[2]

@@ -129,8 +129,13 @@ local function handoff()
                          'nodes_settled', 'nodes_total', 'tasks_total', 'tasks_done',
                          'handoffs', 'failed_nodes', 'parent', 'deciding')
   if run[1] ~= 'running' or (run[2] or '') ~= plan.epoch then return false end
-  -- an orchestrator whose commit a handoff refused decides next (commit.lua)
-  if run[12] and tonumber(run[12]) > tonumber(ARGV[3]) then return false end
+  -- An orchestrator whose commit a handoff refused decides next (commit.lua's mark, in the
+  -- server's clock); an expired mark is cleared by this handoff.
+  local expired = false
+  if run[12] then
+    if tonumber(run[12]) > tonumber(redis.call('TIME')[1]) then return false end
+    expired = true
+  end
   local fin = plan['end']
   local ending = tonumber(run[5] or '0') + 1 >= tonumber(run[6])
   -- The run's last node: it ends here only when it completes the run (no node failed).
@@ -156,6 +161,7 @@ local function handoff()
                   'tasks_total', tonumber(run[7] or '0') + launched,
                   'version', tonumber(run[3] or '0') + 1,
                   'handoffs', tonumber(run[9] or '0') + 1}
+  if expired then redis.call('HDEL', KEYS[1], 'deciding') end
   if ending then
     -- What store.end_ops writes for a completed run; its hooks only when someone listens.
     run_fields[#run_fields + 1] = 'status'; run_fields[#run_fields + 1] = 'completed'

@@ -340,7 +340,7 @@ class Store(OutputStore, CompensationStore):
                 open_ops.pop(key, None)
         token = lock.token if lock is not None else ""
         # (how long a refused caller has the handoffs yield to it: one lock period)
-        return keys, [version, json.dumps(encoded), token, now() + self.settings.lock_timeout]
+        return keys, [version, json.dumps(encoded), token, self.settings.lock_timeout]
 
     # -- launching ------------------------------------------------------------------------------
 

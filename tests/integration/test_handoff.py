@@ -4,6 +4,7 @@ only when the orchestrator would have decided the same; real Redis, real workers
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -262,14 +263,17 @@ def test_an_orchestrator_that_read_before_a_handoff_cannot_commit_over_it(
         wait_for(lambda: handoffs(client, handle.id) == 1, WAIT)
         assert store.nodes(handle.id)["a"] == "completed"
         assert store.settle_pending(handle.id) == set()
+        wait_for(lambda: any(c["node"] == "b" for c in calls()), WAIT)  # b runs
         # And the orchestrator's decision from its earlier read (claiming b itself) is
-        # refused whole: the handoff moved the version
+        # refused whole: the handoff moved the version; the refusal marks the run deciding
+        # (for its lock period: a long one here, so a slow machine cannot outlast it)
+        slow = fleet.client(lock_timeout=120.0).store
         claim = [(k.nodes(handle.id), "hset", "b", "running"), (k.run(handle.id), "hset", "x", 1)]
-        assert store.commit(handle.id, int(read["version"]), claim) == -1
-        assert "x" not in store.run(handle.id)
+        assert slow.commit(handle.id, int(read["version"]), claim) == -1
+        run = store.run(handle.id)
+        assert "x" not in run and float(run["deciding"]) > time.time() + 60
         # When b finishes while that orchestrator decides again, b's completion yields to it:
         # b waits in the settle set, c is not launched
-        wait_for(lambda: any(c["node"] == "b" for c in calls()), WAIT)
         store.r.set(hold_key(fleet.prefix, handle.id, "b"), 1)
         wait_for(lambda: store.settle_pending(handle.id) == {"b"}, WAIT)
         assert store.nodes(handle.id)["c"] == "pending" and handoffs(client, handle.id) == 1
@@ -285,6 +289,23 @@ def test_an_orchestrator_that_read_before_a_handoff_cannot_commit_over_it(
     assert handoffs(client, handle.id) == 2
     assert Counter(c["node"] for c in calls()) == {"a": 2, "b": 2, "c": 1}
     assert_clean(client, handle.id, 3)
+
+
+def test_an_expired_deciding_mark_is_cleared_by_the_next_handoff(
+    client: Client, fleet: Deployment
+) -> None:
+    p = {"name": "handoff-expired", "nodes": [node("a", "t_hold"), node("b", "t_append", "a")]}
+    handle = client.submit(p)
+    store = client.store
+    # Given a run left marked deciding by an orchestrator that never committed again, long ago
+    wait_for(lambda: any(c.get("phase") == "start" for c in fleet.calls(handle.id)), WAIT)
+    store.r.hset(store.keys.run(handle.id), "deciding", int(time.time()) - 3600)
+    store.r.set(hold_key(fleet.prefix, handle.id), 1)
+    # When a finishes, it hands b off all the same, and the mark is gone
+    status = handle.wait(WAIT)
+    assert status.status == "completed", status.error
+    assert handoffs(client, handle.id) == 2
+    assert "deciding" not in store.run(handle.id)
 
 
 def test_a_paused_run_launches_nothing_until_resumed(client: Client, fleet: Deployment) -> None:

@@ -226,13 +226,33 @@ def test_create_run_starts_the_run_counters_in_its_first_write(isolated: Deploym
             seen.append(command["command"])
     # Then the leading increments were no commands of their own (one HINCRBY: the later one)
     run_key = k.run("r8")
-    assert [c for c in seen if c.startswith("HINCRBY")] == [f"HINCRBY {run_key} tasks_total 2"]
+    increments = [c for c in seen if c.startswith(f"HINCRBY {run_key} ")]
+    assert increments == [f"HINCRBY {run_key} tasks_total 2"]
     # and every op took effect in order: the leading increments in the record, the later
     # increment after the write; the version is 1 and a commit at 1 is accepted
     run = store.run("r8")
     assert (run["nodes_running"], run["tasks_total"], run["version"]) == ("1", "12", "1")
     assert store.r.hget(k.node("r8", "a"), "started_at") == "1.5"
     assert store.commit("r8", 1, [(k.run("r8"), "hset", "x", 1)]) == 2
+
+
+def test_a_refused_commit_marks_only_a_running_run_deciding(isolated: Deployment) -> None:
+    store = isolated.client(lock_timeout=30.0).store
+    k = store.keys
+    for run_id, status in (("r9", "running"), ("r10", "paused")):
+        record = {"id": run_id, "status": status, "created_at": 1.5}
+        store.create_run(run_id, record, "{}", {"a": 0})
+        store.r.hincrby(k.run(run_id), "version", 1)  # moved on since a caller read it
+    # When a caller that read version 1 commits, it is refused; only the running run is
+    # marked, for the caller's lock period on the server's clock
+    server_now = store.r.time()[0]
+    for run_id in ("r9", "r10"):
+        assert store.commit(run_id, 1, [(k.run(run_id), "hset", "x", 1)]) == -1
+    assert server_now + 29 <= float(store.run("r9")["deciding"]) <= server_now + 32
+    assert "deciding" not in store.run("r10")
+    # A run that does not exist is not created by a refusal
+    assert store.commit("r11", 1, [(k.run("r11"), "hset", "x", 1)]) == -1
+    assert not store.r.exists(k.run("r11"))
 
 
 def test_a_second_run_of_a_pipeline_is_compiled_from_what_begin_task_returns(
