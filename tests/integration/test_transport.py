@@ -161,6 +161,9 @@ def test_the_sweep_restores_deliveries_older_than_the_visibility_timeout_once(
         assert r.zcard(zkey) == 0
     finally:
         conn.release()
+        keys = list(r.scan_iter(match=f"{PREFIX}*"))
+        if keys:
+            r.delete(*keys)
 
 
 def test_a_requeued_reject_and_a_shutdown_put_the_message_back(
