@@ -132,7 +132,8 @@ class _RunCache:
         known: Mapping[str, str] | None = None,
     ) -> Compiled:
         """The cached run; reloaded when the caller saw a newer ``epoch`` than the cache's.
-        ``known``: the run's fields as ``begin_task`` returned them (``TaskBegin.run``)."""
+        ``known``: the run's fields as ``begin_task`` returned them (``TaskBegin.run``), read
+        with ``epoch``."""
         item = self._items.get(run_id)
         if item is not None and (epoch is None or epoch == item.epoch):
             self._items.move_to_end(run_id)
@@ -145,7 +146,7 @@ class _RunCache:
                     template,
                     run_id=run_id,
                     run_input=json.loads(known.get("input") or "{}"),
-                    epoch=known.get("epoch") or "",
+                    epoch=epoch or "",
                     no_cache=known.get("no_cache") == "1",
                 )
             )
@@ -508,7 +509,7 @@ class Orchestrator:
             # takes the task's hash out of Redis' compact encoding, about 700 bytes more per
             # task in a 100,000-task fan-out); one task per node can pay it.
             embedded = [[a.origin, a.fields] for arts in plan.inputs.values() for a in arts]
-            if (2 if not solo else 1) <= len(embedded) <= EMBED_INPUTS_MAX and (
+            if (1 if solo else 2) <= len(embedded) <= EMBED_INPUTS_MAX and (
                 len(json.dumps(embedded, separators=(",", ":"))) <= EMBED_INPUTS_BYTES
             ):
                 spec["a"] = embedded

@@ -35,6 +35,21 @@ REDIS_URL = os.environ.get("DAGWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 TEST_PLUGINS = "tests.integration.plugins"
 
 
+@contextmanager
+def commands_seen(r: redis.Redis) -> Iterator[list[str]]:
+    """Every command the Redis server runs inside the block (MONITOR, scripts' own commands
+    included), in order; the list is filled when the block ends."""
+    seen: list[str] = []
+    marker = f"dwtest-end-{secrets.token_hex(4)}"  # the block's end, as the server sees it
+    with r.monitor() as monitor:
+        yield seen
+        r.echo(marker)
+        for command in monitor.listen():
+            if command["command"] == f"ECHO {marker}":
+                break
+            seen.append(command["command"])
+
+
 def _redis_or_skip(url: str) -> redis.Redis:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:

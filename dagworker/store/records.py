@@ -57,7 +57,7 @@ class TaskBegin:
     epoch: str | None = None  # the run's input epoch, when the task may run
     #: The task's input artifacts by id, when begin_task.lua read them (None: read them).
     inputs: dict[str, Artifact] | None = None
-    #: The run's fields a worker compiles it from (input, no_cache, pipeline_fp, epoch), when
+    #: The run's fields a worker compiles it from (input, no_cache, pipeline_fp), when
     #: the caller asked for them (it had not compiled the run) and the run has a fingerprint.
     run: dict[str, str] | None = None
 

@@ -462,7 +462,6 @@ class Store(OutputStore, CompensationStore):
         run = None
         if fingerprint:
             run = {
-                "epoch": epoch,
                 "input": run_input or "{}",
                 "no_cache": no_cache or "",
                 "pipeline_fp": fingerprint,

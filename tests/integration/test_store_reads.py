@@ -18,7 +18,7 @@ from dagworker.handoff import plan
 from dagworker.orchestrator import compile_run
 from dagworker.pipeline import Pipeline
 from dagworker.store import READ_CHUNK, Store, encode_artifact
-from tests.conftest import Deployment
+from tests.conftest import Deployment, commands_seen
 
 
 def _commit_outputs(store: Store, run_id: str, slug: str, counts: dict[int, int]) -> None:
@@ -216,14 +216,8 @@ def test_create_run_starts_the_run_counters_in_its_first_write(isolated: Deploym
         (k.run("r8"), "hincrby", "tasks_total", 2),
     ]
     # When it is created (every command Redis runs for it watched)
-    with store.r.monitor() as monitor:
+    with commands_seen(store.r) as seen:
         assert store.create_run("r8", record, "{}", {"a": 0}, ops=ops) == 1
-        store.r.echo("dwtest-end")  # the last command seen
-        seen = []
-        for command in monitor.listen():
-            if command["command"] == "ECHO dwtest-end":
-                break
-            seen.append(command["command"])
     # Then the leading increments were no commands of their own (one HINCRBY: the later one)
     run_key = k.run("r8")
     increments = [c for c in seen if c.startswith(f"HINCRBY {run_key} ")]

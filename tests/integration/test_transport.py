@@ -10,7 +10,6 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import kombu.transport
 import pytest
@@ -19,7 +18,7 @@ from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
 from dagworker.transport import TRANSPORT, Transport, delivered_at, install
-from tests.conftest import REDIS_URL, _redis_or_skip
+from tests.conftest import REDIS_URL, _redis_or_skip, commands_seen
 
 PREFIX = f"dwtest-transport-{secrets.token_hex(3)}:"
 
@@ -31,17 +30,14 @@ def r() -> redis.Redis:
 
 @pytest.fixture
 def connection(r: redis.Redis) -> Iterator[Connection]:
-    prefix = PREFIX
     conn = Connection(
-        REDIS_URL, transport=TRANSPORT, transport_options={"global_keyprefix": prefix}
+        REDIS_URL, transport=TRANSPORT, transport_options={"global_keyprefix": PREFIX}
     )
     try:
         yield conn
     finally:
         conn.release()
-        keys = list(r.scan_iter(match=f"{prefix}*"))
-        if keys:
-            r.delete(*keys)
+        _delete_prefix(r)
 
 
 def test_kombus_bookkeeping_reuses_one_client_per_pool(connection: Connection) -> None:
@@ -63,13 +59,10 @@ def _unacked(r: redis.Redis, connection: Connection) -> dict[str, list]:
     return {k: json.loads(v) for k, v in r.hgetall(PREFIX + qos.unacked_key).items()}
 
 
-def _commands_until(monitor: Any, last: str) -> list[str]:
-    seen = []
-    for command in monitor.listen():
-        if command["command"] == last:
-            return seen
-        seen.append(command["command"])
-    return seen
+def _delete_prefix(r: redis.Redis) -> None:
+    keys = list(r.scan_iter(match=f"{PREFIX}*"))
+    if keys:
+        r.delete(*keys)
 
 
 def _queued(r: redis.Redis, queue: str) -> list[dict]:
@@ -83,10 +76,8 @@ def test_a_delivery_is_one_record_until_it_is_acknowledged(
     try:
         queue.put({"n": 1}, serializer="json")
         before = time.time()
-        with r.monitor() as monitor:
+        with commands_seen(r) as watched:
             message = queue.get(timeout=5)
-            r.echo("dwtest-end")
-            watched = _commands_until(monitor, "ECHO dwtest-end")
         assert message.payload == {"n": 1}
         # (the delivery record is one command, no index: kombu's is MULTI ZADD HSET EXEC)
         assert [c.split()[0] for c in watched if PREFIX + "unacked" in c] == ["HSET"]
@@ -103,10 +94,8 @@ def test_a_delivery_is_one_record_until_it_is_acknowledged(
         assert raw["headers"] == message.headers and routing_key == "dwtest-transport-q"
         assert exchange == "dwtest-transport-q"
         assert r.zcard(PREFIX + qos.unacked_index_key) == 0
-        with r.monitor() as monitor:
+        with commands_seen(r) as watched:
             message.ack()
-            r.echo("dwtest-end")
-            watched = _commands_until(monitor, "ECHO dwtest-end")
         # When it is acknowledged, the record is gone, in one command
         assert _unacked(r, connection) == {}
         assert [c.split()[0] for c in watched if PREFIX + "unacked" in c] == ["HDEL"]
@@ -161,9 +150,7 @@ def test_the_sweep_restores_deliveries_older_than_the_visibility_timeout_once(
         assert r.zcard(zkey) == 0
     finally:
         conn.release()
-        keys = list(r.scan_iter(match=f"{PREFIX}*"))
-        if keys:
-            r.delete(*keys)
+        _delete_prefix(r)
 
 
 def test_a_requeued_reject_and_a_shutdown_put_the_message_back(
