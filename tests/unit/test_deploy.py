@@ -74,6 +74,19 @@ def test_compose_runs_redis_workers_per_queue_flower_and_exporter(compose: dict[
     assert "?" in services["flower"]["environment"]["FLOWER_PASSWORD"]
 
 
+def test_compose_runs_one_beat_with_its_schedule_file_outside_the_read_only_app(
+    compose: dict[str, Any],
+) -> None:
+    beat = compose["services"]["beat"]
+    argv = shlex.split(shlex.split(beat["command"])[-1])
+    start = argv.index("celery")
+    assert argv[start : start + 4] == ["celery", "-A", "dagworker", "beat"]
+    schedule = argv[argv.index("--schedule") + 1]
+    assert not schedule.startswith("/app") and beat["volumes"] == ["..:/app:ro"]
+    assert beat["deploy"]["replicas"] == 1
+    assert beat["environment"]["DAGWORKER_REDIS_URL"]
+
+
 def test_compose_environment_names_only_known_settings(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         for key in svc.get("environment", {}):
@@ -186,6 +199,24 @@ def test_k8s_one_worker_deployment_per_queue_and_flower_with_auth(
     assert len(set(queues.values())) == 2
 
 
+def test_k8s_runs_one_beat_writing_its_schedule_file_to_a_volume(
+    manifests: list[dict[str, Any]],
+) -> None:
+    beats = []
+    for doc in manifests:
+        for container in _containers(doc) if doc["kind"] in WORKLOADS else []:
+            argv = [*container["command"], *container.get("args", [])]
+            if argv[:4] == ["celery", "-A", "dagworker", "beat"]:
+                beats.append((doc, container, argv))
+    ((doc, container, argv),) = beats
+    assert doc["spec"]["replicas"] == 1 and doc["spec"]["strategy"]["type"] == "Recreate"
+    (schedule,) = [a.split("=", 1)[1] for a in argv if a.startswith("--schedule=")]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [p for p in mounts if schedule.startswith(p + "/")]
+    assert "emptyDir" in volumes[mounts[mount]]
+
+
 def test_k8s_redis_keeps_its_aof_on_a_volume_claim(manifests: list[dict[str, Any]]) -> None:
     (redis,) = [d for d in manifests if d["metadata"]["name"] == "dagworker-redis"
                 and d["kind"] == "StatefulSet"]  # fmt: skip
@@ -207,14 +238,32 @@ def test_kustomization_lists_every_manifest() -> None:
 # -- systemd ---------------------------------------------------------------------------------
 
 
-def test_systemd_unit_runs_one_worker_per_queue_instance() -> None:
+def systemd_unit(name: str) -> configparser.ConfigParser:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string((DEPLOY / "systemd" / "dagworker-worker@.service").read_text())
+    unit.read_string((DEPLOY / "systemd" / name).read_text())
+    return unit
+
+
+def test_systemd_unit_runs_one_worker_per_queue_instance() -> None:
+    unit = systemd_unit("dagworker-worker@.service")
     assert {"Unit", "Service", "Install"} <= set(unit.sections())
     service = unit["Service"]
     assert "celery -A dagworker worker" in service["ExecStart"]
     assert "-Q %i" in service["ExecStart"]
     assert service["EnvironmentFile"].endswith("dagworker.env")
     assert int(service["TimeoutStopSec"]) >= 60 and service["KillSignal"] == "SIGTERM"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_beat_unit_shares_the_workers_environment() -> None:
+    unit = systemd_unit("dagworker-beat.service")
+    service = unit["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0].endswith("/celery") and argv[1:4] == ["-A", "dagworker", "beat"]
+    # its schedule file goes to the unit's private /tmp, not the install directory
+    assert argv[argv.index("--schedule") + 1].startswith("/tmp/")
+    assert service["PrivateTmp"] == "true"
+    worker = systemd_unit("dagworker-worker@.service")["Service"]
+    assert service["EnvironmentFile"] == worker["EnvironmentFile"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"
