@@ -123,9 +123,9 @@ def _run_suites(bench: Bench, args: argparse.Namespace) -> None:
     if shapes:
         suites.compare(bench, shapes, args.rounds or plan.rounds, figures)
     if "scale-fanout" in chosen:
-        suites.big_node(suites.scale_fanout(bench, plan.scale_fanout, figures))
+        suites.big_node(suites.scale_fanout(bench, plan.scale_fanout, figures, plan.rounds))
     if "scale-chain" in chosen:
-        suites.scale_chain(bench, plan.scale_chain, figures)
+        suites.scale_chain(bench, plan.scale_chain, figures, plan.rounds)
     print(targets.report(figures))
 
 

@@ -153,22 +153,58 @@ def _completion(sample: Sample, slug: str) -> tuple[list[float], list[float]]:
     return [float(c) for c, _ in costs], [float(u) for _, u in costs]
 
 
-def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> list[Sample]:
+#: Scaling runs of at most this many tasks are repeated (``repeats``) and their per-task
+#: costs are the median: a 100-task run lasts about 0.1 s, and one slow moment of the machine
+#: moves a single run's figure by a third. Larger runs are long enough to be measured once.
+REPEAT_UP_TO = 20_000
+
+
+def _repeated(bench: Bench, shape: Shape, repeats: int, **kwargs: bool) -> list[Sample]:
+    """``repeats`` runs of a shape (one when it is large), the median-wall run first."""
+    n = repeats if shape.tasks <= REPEAT_UP_TO else 1
+    runs = [bench.measure("dag", shape, **kwargs) for _ in range(max(1, n))]
+    middle = sorted(runs, key=lambda s: s.wall_s)[len(runs) // 2]
+    return [middle, *(s for s in runs if s is not middle)]
+
+
+def _median_per_task(runs: list[Sample]) -> dict[str, float]:
+    """The per-task costs of repeated runs of one shape: the median of each, unrounded."""
+    return {
+        "wall": median([s.per_task(s.wall_s) for s in runs]),
+        "commands": median([s.per_task(s.commands) for s in runs]),
+        "worker cpu": median([s.per_task(s.worker_cpu_s) for s in runs]),
+    }
+
+
+def _flat(series: list[dict[str, float]]) -> dict[str, list[float]]:
+    """The per-task costs held to the flatness target, smallest run first."""
+    return {column: [point[column] for point in series] for column in series[0]}
+
+
+def scale_fanout(
+    bench: Bench, widths: tuple[int, ...], figures: Figures, repeats: int = 1
+) -> list[Sample]:
+    """One fan-out node per width; returns the median-wall run of each width."""
     samples = []
+    series = []
     rows = []
     for width in widths:
         shape = fanout_shape(width, aggregate=False)
-        sample = bench.measure("dag", shape, memory=True, hop=False)
+        runs = _repeated(bench, shape, repeats, memory=True, hop=False)
+        sample = runs[0]
         samples.append(sample)
+        cost = _median_per_task(runs)
+        series.append(cost)
         cmds, cpu = _completion(sample, "each")
         launch = sample.launches.get("each", [[0, 0]])[0]
         rows.append(
             [
                 f"{width:,}",
+                str(len(runs)),
                 fmt(sample.wall_s, 2),
-                fmt(sample.per_task(sample.wall_s) * 1e3, 3),
-                fmt(sample.per_task(sample.commands), 1),
-                fmt(sample.per_task(sample.worker_cpu_s) * 1e3, 3),
+                fmt(cost["wall"] * 1e3, 3),
+                fmt(cost["commands"], 1),
+                fmt(cost["worker cpu"] * 1e3, 3),
                 fmt(percentile(cmds, 50), 0),
                 fmt(mean(cmds), 2),
                 fmt(percentile(cpu, 50) / 1e3, 3),
@@ -177,9 +213,10 @@ def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> lis
                 fmt(launch[1] / width / 1e3, 3),
             ]
         )
-        print(f"  .. fan-out {width:,}: {sample.wall_s:.1f}s", flush=True)
+        print(f"  .. fan-out {width:,}: {sample.wall_s:.1f}s x {len(runs)}", flush=True)
     headers = [
         "tasks",
+        "runs",
         "wall s",
         "wall ms/t",
         "cmd/t",
@@ -192,7 +229,7 @@ def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> lis
         "launch cpu ms/t",
     ]
     rows.append(_ratio_row(rows, headers))
-    figures.flat["fan-out"] = _per_task(samples)
+    figures.flat["fan-out"] = _flat(series)
     # (measure() raises unless every run completed: the largest node's size completed)
     figures.big_node = max(widths)
     print(
@@ -201,21 +238,14 @@ def scale_fanout(bench: Bench, widths: tuple[int, ...], figures: Figures) -> lis
     return samples
 
 
-def _per_task(samples: list[Sample]) -> dict[str, list[float]]:
-    """The per-task costs held to the flatness target, unrounded, smallest run first."""
-    return {
-        "wall": [s.per_task(s.wall_s) for s in samples],
-        "commands": [s.per_task(s.commands) for s in samples],
-        "worker cpu": [s.per_task(s.worker_cpu_s) for s in samples],
-    }
-
-
-def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> None:
+def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures, repeats: int = 1) -> None:
     rows = []
-    samples = []
+    series = []
     for length in lengths:
-        sample = bench.measure("dag", chain_shape(length))
-        samples.append(sample)
+        runs = _repeated(bench, chain_shape(length), repeats)
+        sample = runs[0]
+        cost = _median_per_task(runs)
+        series.append(cost)
         hops = [h * 1e3 for h in sample.hops_s]
         # Every completion of a chain launches the next link: all of them are alike.
         costs = [c for per_node in sample.executions.values() for c in per_node]
@@ -223,19 +253,21 @@ def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> Non
         rows.append(
             [
                 f"{length:,}",
+                str(len(runs)),
                 fmt(sample.wall_s, 2),
-                fmt(sample.per_task(sample.wall_s) * 1e3, 3),
-                fmt(sample.per_task(sample.commands), 1),
-                fmt(sample.per_task(sample.worker_cpu_s) * 1e3, 3),
+                fmt(cost["wall"] * 1e3, 3),
+                fmt(cost["commands"], 1),
+                fmt(cost["worker cpu"] * 1e3, 3),
                 fmt(mean(cmds), 1),
                 fmt(mean(cpu) / 1e3, 3),
                 fmt(percentile(hops, 50), 1),
                 fmt(percentile(hops, 99), 1),
             ]
         )
-        print(f"  .. chain {length}: {sample.wall_s:.1f}s", flush=True)
+        print(f"  .. chain {length}: {sample.wall_s:.1f}s x {len(runs)}", flush=True)
     headers = [
         "length",
+        "runs",
         "wall s",
         "wall ms/t",
         "cmd/t",
@@ -246,7 +278,7 @@ def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures) -> Non
         "hop p99 ms",
     ]
     rows.append(_ratio_row(rows, headers))
-    figures.flat["chains"] = _per_task(samples)
+    figures.flat["chains"] = _flat(series)
     print(table("scaling: chains, dagworker", headers, rows))
 
 
@@ -255,7 +287,7 @@ def _ratio_row(rows: list[list[str]], headers: list[str]) -> list[str]:
     cost independent of size; the targets table also judges the highest over the lowest)."""
     out = ["largest/smallest"]
     for i in range(1, len(headers)):
-        if headers[i] == "wall s":  # a total, not a per-task cost: its ratio says nothing
+        if headers[i] in ("wall s", "runs"):  # totals, not per-task costs: no ratio
             out.append("-")
             continue
         try:
