@@ -38,19 +38,17 @@ def _transition(
                 return False, []
             check_run_transition(current, target)
             at = now()
-            ops: list[tuple[Any, ...]] = [
-                (k.run(run_id), "hset", "status", target.value),
-                (k.events(run_id), "rpush", json.dumps({"at": at, "status": target.value})),
-            ]
+            ops: list[tuple[Any, ...]]
+            if target is RunState.CANCELLED:
+                ops = store.end_ops(run_id, target, at, "cancelled on request")
+            else:
+                ops = [
+                    (k.run(run_id), "hset", "status", target.value),
+                    (k.events(run_id), "rpush", store.event_json(at, target)),
+                ]
             claimed: list[str] = []
             states = store.nodes(run_id)  # a user action, not the hot path: may read all
             if target is RunState.CANCELLED:
-                ops += [
-                    (k.run(run_id), "hset", "finished_at", at),
-                    (k.run(run_id), "hset", "error", "cancelled on request"),
-                    (k.runs_active, "zrem", run_id),
-                    (k.due, "zadd", at, f"hook|{run_id}|{target.value}"),
-                ]
                 for slug in c.nodes:
                     if states.get(slug) == NodeState.PENDING.value:
                         ops.append((k.nodes(run_id), "hset", slug, NodeState.CANCELLED.value))

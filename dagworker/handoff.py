@@ -166,6 +166,7 @@ def plan(
             "event": orch.store.event_json(at, RunState.COMPLETED),
             "hooks": listened(RunState.COMPLETED.value),
             "active": key(k.runs_active),
+            "ended": key(k.runs_ended),
             "events": key(k.events(c.run_id)),
             "due": key(k.due),
         }

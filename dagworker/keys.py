@@ -25,6 +25,23 @@ class Keys:
         return f"{self.prefix}:runs:all"
 
     @property
+    def runs_ended(self) -> str:
+        """Sorted set: run id -> finish time, for finished runs (the retention sweep's queue;
+        a run resumed since it ended is dropped from it when the sweep finds it running)."""
+        return f"{self.prefix}:runs:ended"
+
+    @property
+    def runs_purging(self) -> str:
+        """Sorted set: run id -> time its deletion began; a sweep interrupted midway resumes."""
+        return f"{self.prefix}:runs:purging"
+
+    @property
+    def runs_backfill(self) -> str:
+        """String: the ZSCAN cursor over ``runs_all`` that adds runs which ended before the
+        retention sweep existed to ``runs_ended``; ``done`` once it went round."""
+        return f"{self.prefix}:runs:ended:backfill"
+
+    @property
     def workers(self) -> str:
         """Hash: worker name -> JSON (ready time, pid, plugins), written when a worker is ready."""
         return f"{self.prefix}:workers"
@@ -181,6 +198,33 @@ class Keys:
     def events(self, run_id: str) -> str:
         """List: status transitions and notable events, JSON lines, in order."""
         return f"{self.prefix}:run:{{{run_id}}}:events"
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """Every key of a run that is not per node or per task (``node_keys``, ``task_keys``).
+        The run hash is not here: the retention sweep deletes it first, atomically."""
+        return [
+            self.pipeline(run_id),
+            self.lock(run_id),
+            self.settle(run_id),
+            self.launching(run_id),
+            self.outbox(run_id),
+            self.children(run_id),
+            self.comp_settle(run_id),
+            self.comp_launching(run_id),
+            self.events(run_id),
+        ]
+
+    def node_keys(self, run_id: str, slug: str) -> list[str]:
+        """The keys of one node that are not per task (the node hash last)."""
+        return [self.counts(run_id, slug), self.notable(run_id, slug), self.node(run_id, slug)]
+
+    def task_keys(self, run_id: str, slug: str, index: int) -> list[str]:
+        """The keys of one task (staging lists are not here: they expire by themselves)."""
+        return [
+            self.task(run_id, slug, index),
+            self.history(run_id, slug, index),
+            self.outputs(run_id, slug, index),
+        ]
 
     def run_pattern(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}*"

@@ -14,6 +14,9 @@ sets, never at every task:
   launches resumed and its compensation settle set settled (``rollback.repair``);
 - a run that made no progress for a visibility timeout plus the grace period has the tasks of
   its running nodes checked for messages that vanished (see ``_repair_lost_messages``).
+
+A pass ends with the retention sweep: runs that finished ``DAGWORKER_RESULT_TTL`` seconds ago
+are deleted (``dagworker.store.retention``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Repairs:
     relaunched: int = 0
     settled: int = 0
     resent: int = 0
+    purged: int = 0
 
 
 def reconcile_once(orch: Orchestrator) -> Repairs:
@@ -55,6 +59,10 @@ def reconcile_once(orch: Orchestrator) -> Repairs:
     ended = set(store.r.hkeys(store.keys.progress)) - set(active)
     if ended:
         store.r.hdel(store.keys.progress, *ended)
+    try:
+        repairs.purged = store.purge_expired(now())
+    except Exception:  # retention must not stop the repairs of the next pass
+        log.exception("reconciler: the retention sweep failed")
     return repairs
 
 
@@ -207,4 +215,10 @@ def try_reconcile(orch: Orchestrator, interval: float) -> Repairs | None:
     repairs = reconcile_once(orch)
     if repairs.republished or repairs.relaunched or repairs.settled or repairs.resent:
         log.warning("reconciler pass in %.3fs: %s", time.monotonic() - started, repairs)
+    elif repairs.purged:
+        log.info(
+            "reconciler: %d finished run(s) past DAGWORKER_RESULT_TTL deleted in %.3fs",
+            repairs.purged,
+            time.monotonic() - started,
+        )
     return repairs

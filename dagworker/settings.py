@@ -43,7 +43,10 @@ class Settings:
     #: in the same script (dagworker.handoff): 7 round trips fewer per chain
     #: link. 0 sends every settlement through the orchestrator's lock and commit instead.
     handoff: bool = True
-    result_ttl: float = 7 * 86_400.0  # how long finished runs are kept
+    #: Seconds a finished run is kept after it ended; the reconciler deletes it after that
+    #: (every key of the run; status, retry and replay then report it unknown). 0 keeps
+    #: finished runs for ever.
+    result_ttl: float = 7 * 86_400.0
     #: How often ``celery beat`` sends ``dagworker.schedule.tick`` (seconds).
     schedule_interval: float = 1.0
     #: The queue of the tick task ("" means the default queue).
@@ -70,6 +73,10 @@ class Settings:
             )
         if settings.lock_timeout <= 0 or settings.reconcile_interval <= 0:
             raise ConfigError("DAGWORKER_LOCK_TIMEOUT and DAGWORKER_RECONCILE_INTERVAL must be > 0")
+        if not settings.result_ttl >= 0:
+            raise ConfigError(
+                f"DAGWORKER_RESULT_TTL={settings.result_ttl!r}: seconds, 0 to keep runs for ever"
+            )
         return settings
 
 

@@ -30,7 +30,7 @@
 -- ARGV[10] the handoff, JSON ('' for none): {epoch, claim: [[slug, node key, [[task key,
 --          spec], ...]], ...], wait: [slug, ...], push: [[queue key, [envelope, ...]], ...],
 --          end (a node with no successors): {run, event (its JSON), hooks (a hook listens),
---          active, events, due (key positions)}}
+--          active, ended, events, due (key positions)}}
 -- returns {verdict, settle}; verdict: recorded | duplicate | stale; settle: 0; 1 (the node is
 --         in the settle set); 2 (the node settled here and its successors were launched);
 --         3 (it was the run's last node and the run completed here), 4 (as 3, and the run's
@@ -178,6 +178,7 @@ local function handoff()
   end
   if not ending then return 2 end
   redis.call('ZREM', KEYS[fin.active], fin.run)
+  redis.call('ZADD', KEYS[fin.ended], now, fin.run)
   redis.call('RPUSH', KEYS[fin.events], fin.event)
   if fin.hooks or run[11] then
     redis.call('ZADD', KEYS[fin.due], ARGV[3], 'hook|' .. fin.run .. '|completed')

@@ -31,6 +31,7 @@ SCRIPTS = (
     "begin_compensation",
     "finish_compensation",
     "read_outputs",
+    "purge_run",
 )
 
 

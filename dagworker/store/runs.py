@@ -20,6 +20,7 @@ from dagworker.store.base import connect, now
 from dagworker.store.compensations import CompensationStore
 from dagworker.store.outputs import OutputStore, decode_artifact
 from dagworker.store.records import Prefetched, TaskBegin, TaskFinish, _HashFields
+from dagworker.store.retention import RetentionStore
 
 if TYPE_CHECKING:
     from dagworker.handoff import Handoff
@@ -31,7 +32,7 @@ MERGE_ARGS = 1_000
 BEGIN_INPUTS_SPEC_BYTES = 2_048
 
 
-class Store(OutputStore, CompensationStore):
+class Store(OutputStore, CompensationStore, RetentionStore):
     """Runs, nodes and tasks: creation, reads, the run lock, commits, launches, completions."""
 
     @classmethod
@@ -267,6 +268,7 @@ class Store(OutputStore, CompensationStore):
             (k.run(run_id), "hset", "finished_at", at),
             (k.run(run_id), "hset", "error", error or ""),
             (k.runs_active, "zrem", run_id),
+            (k.runs_ended, "zadd", at, run_id),
             (k.events(run_id), "rpush", self.event_json(at, state, error)),
         ]
         if hooks:

@@ -142,6 +142,14 @@ def test_settings_from_env_and_bad_values() -> None:
         Settings.from_env({"DAGWORKER_KEY_PREFIX": "has space"})
 
 
+def test_result_ttl_setting() -> None:
+    assert Settings.from_env({}).result_ttl == 7 * 86_400
+    assert Settings.from_env({"DAGWORKER_RESULT_TTL": "0"}).result_ttl == 0  # keep for ever
+    for bad in ("-1", "nan"):
+        with pytest.raises(ConfigError, match="DAGWORKER_RESULT_TTL"):
+            Settings.from_env({"DAGWORKER_RESULT_TTL": bad})
+
+
 def test_task_events_setting() -> None:
     from dagworker.worker import celery_config
 
