@@ -10,7 +10,7 @@ from typing import Any
 
 from dagworker import subpipeline
 from dagworker.catalog import Catalog, Entry, Registration, split_ref
-from dagworker.errors import PipelineLoadError, RunTimeout
+from dagworker.errors import PipelineLoadError, RunNotFound, RunTimeout
 from dagworker.orchestrator import Orchestrator
 from dagworker.pipeline import Pipeline, read_pipeline_file
 from dagworker.plugin import Registry
@@ -270,10 +270,15 @@ class Client:
         return RunHandle(self, run_id)
 
     def runs(self, limit: int = 20) -> list[RunStatus]:
-        return [
-            read_status(self.store, rid, with_nodes=False)
-            for rid in self.store.run_ids(limit=limit)
-        ]
+        """The latest runs, newest first (a run deleted meanwhile, DAGWORKER_RESULT_TTL, is
+        left out)."""
+        out = []
+        for rid in self.store.run_ids(limit=limit):
+            try:
+                out.append(read_status(self.store, rid, with_nodes=False))
+            except RunNotFound:
+                continue
+        return out
 
     def node_state(self, run_id: str, slug: str) -> NodeState:
         return NodeState(self.store.nodes(run_id)[slug])

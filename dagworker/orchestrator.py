@@ -290,8 +290,10 @@ class Orchestrator:
             claims = [op for slug in ready for op in self.claim_ops(run_id, slug, at)]
             self.store.create_run(run_id, record, pipeline_json, waits, [started], claims)
         else:
-            version = self.store.create_run(run_id, record, pipeline_json, waits, [started])
+            # Copied first: a source deleted meanwhile (retention) refuses the replay before
+            # the new run exists.
             copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
+            version = self.store.create_run(run_id, record, pipeline_json, waits, [started])
             ops: list[tuple[Any, ...]] = [
                 (k.run(run_id), "hset", "tasks_total", copied),
                 (k.run(run_id), "hset", "tasks_done", copied),

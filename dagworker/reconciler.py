@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from dagworker import rollback
+from dagworker.errors import RunNotFound
 from dagworker.orchestrator import Orchestrator
 from dagworker.store import Store, now
 
@@ -198,6 +199,9 @@ def publish_due(orch: Orchestrator, limit: int = 100) -> int:
             elif kind == "hook":
                 run_id, event = rest.rsplit("|", 1)
                 orch.publisher.publish_hooks(run_id, event)
+        except RunNotFound:
+            # its run was deleted (DAGWORKER_RESULT_TTL) while the entry waited: nothing to send
+            log.warning("due entry %s: its run no longer exists; dropped", member)
         except Exception:
             log.exception("due entry %s could not be sent", member)
             continue
@@ -215,7 +219,7 @@ def try_reconcile(orch: Orchestrator, interval: float) -> Repairs | None:
     repairs = reconcile_once(orch)
     if repairs.republished or repairs.relaunched or repairs.settled or repairs.resent:
         log.warning("reconciler pass in %.3fs: %s", time.monotonic() - started, repairs)
-    elif repairs.purged:
+    if repairs.purged:
         log.info(
             "reconciler: %d finished run(s) past DAGWORKER_RESULT_TTL deleted in %.3fs",
             repairs.purged,

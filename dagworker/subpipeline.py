@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from dagworker.catalog import Catalog, split_ref
 from dagworker.context import TaskContext
-from dagworker.errors import PipelineError, PluginError, Problem, RunError, StoreError
+from dagworker.errors import (
+    PipelineError,
+    PluginError,
+    Problem,
+    RunError,
+    StoreError,
+)
 from dagworker.pipeline import SUBPIPELINE_PLUGIN, Pipeline
 from dagworker.plugin import registry
 from dagworker.states import RunState
@@ -186,8 +192,12 @@ def notify_parent(orch: Orchestrator, run_id: str, event: str) -> None:
     if not run.get("parent"):
         return
     prun, slug, index, attempt = json.loads(run["parent"])
-    task = store.task(prun, slug, index)
+    if not store.r.hexists(store.keys.run(prun), "status"):
+        # (a child retried on its own after its parent was deleted, DAGWORKER_RESULT_TTL)
+        log.warning("child run %s %s: its parent run %s no longer exists", run_id, event, prun)
+        return
     c = orch.compiled(prun)
+    task = store.task(prun, slug, index)
     node = c.nodes[slug]
     if task.get("rb_state") == "running" and event in ("rolled_back", "rollback_failed"):
         # The parent was undoing this child (a compensation waiting on the child's rollback).

@@ -54,7 +54,11 @@ if outcome == 'completed' then
   -- to replace.
   if attempt > 1 then redis.call('DEL', KEYS[4]) end
   if ARGV[9] == '1' then
-    if n_out > 0 then redis.call('RENAME', KEYS[6], KEYS[4]) end
+    -- (a staging list expires if its worker dies; its outputs are kept as long as the run)
+    if n_out > 0 then
+      redis.call('RENAME', KEYS[6], KEYS[4])
+      redis.call('PERSIST', KEYS[4])
+    end
   elseif n_out > 0 then
     redis.call('RPUSH', KEYS[4], unpack(ARGV, 11, 10 + n_out))
   end

@@ -3,76 +3,130 @@ ended (0 keeps them for ever). The reconciler sweeps (``dagworker.reconciler``).
 
 A run that ends is added to ``runs:ended`` with its finish time, in the commit or script that
 ends it. A sweep takes the runs of that set that ended before the cutoff, oldest first;
-``purge_run.lua`` deletes the run hash in one atomic step after checking that the run is still
-finished and that its finish time is before the cutoff (a run resumed since, by retry or
-rollback, is not deleted); the run's other keys are derived from it (nodes from the node-states
-hash, tasks from each node's task count) and unlinked after, task keys first and the
-node-states hash last, so that a deletion interrupted midway is resumed from ``runs:purging``
-with everything it needs still there.
+``purge_run.lua`` deletes the run hash in one atomic step after checking that the run may go
+(finished, before the cutoff, no task in flight, not the child of a run that exists: see the
+script); the run's other keys are derived from it (nodes from the node-states hash, tasks from
+each node's task count, child runs from its children set) and unlinked after, task keys first
+and the node-states hash last, so that a deletion interrupted midway is resumed from
+``runs:purging`` with everything it needs still there.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 from dagworker.states import RUN_TERMINAL
 from dagworker.store.base import StoreBase, now
 
-#: Keys unlinked per command, and per pipelined round trip (100 commands).
+log = logging.getLogger("dagworker.retention")
+
+#: Keys unlinked per command, and commands per pipelined round trip.
 UNLINK_CHUNK = 1_000
-UNLINK_PIPELINE = 100
-#: Runs looked at per round trip of the sweep, and runs of the backfill per ZSCAN step.
+UNLINK_PIPELINE = 50
+#: Runs looked at per read of the queue, and runs of the backfill per ZSCAN step.
 SWEEP_BATCH = 100
 BACKFILL_STEP = 500
+#: The backfill goes round the run list again this long after its last round: runs ended by
+#: workers or clients of an earlier release (a rolling upgrade) are not queued when they end.
+BACKFILL_EVERY_S = 86_400.0
 
 
 class RetentionStore(StoreBase):
     """Expiry of finished runs."""
 
-    def purge_expired(self, at: float, budget: int = 200_000, backfill_steps: int = 20) -> int:
+    def purge_expired(
+        self, at: float, budget_keys: int = 200_000, budget_s: float = 1.0, backfill_steps: int = 20
+    ) -> int:
         """Delete the runs that finished ``result_ttl`` or more before ``at``, oldest first,
-        resuming deletions an earlier sweep left unfinished; stops once about ``budget`` keys
-        are deleted (one run at least). Returns the number of runs deleted."""
+        resuming deletions an earlier sweep left unfinished. A run is deleted whole; no run is
+        begun once ``budget_keys`` keys were deleted or ``budget_s`` seconds spent (the next
+        sweep goes on). Returns the number of runs deleted, child runs included."""
         ttl = self.settings.result_ttl
         if ttl <= 0:
             return 0
-        self.backfill_ended(backfill_steps)
+        started = time.monotonic()
+        self.backfill_ended(at, backfill_steps)
+        k = self.keys
         deleted, purged = 0, 0
-        for run_id in self.r.zrange(self.keys.runs_purging, 0, SWEEP_BATCH - 1):
-            deleted += self._delete_run_keys(run_id)
-            purged += 1
-            if deleted >= budget:
+
+        def spent() -> bool:
+            return deleted >= budget_keys or time.monotonic() - started >= budget_s
+
+        for run_id in self.r.zrange(k.runs_purging, 0, SWEEP_BATCH - 1):
+            if self.r.exists(k.run(run_id)):
+                # Created again (a deterministic child id) since its deletion began: the new run
+                # is not deleted; what is left of the old one is shared with it.
+                log.warning("retention: run %s exists again; its deletion is dropped", run_id)
+                self.r.zrem(k.runs_purging, run_id)
+                continue
+            n, children = self._delete_run_keys(run_id)
+            deleted += n
+            purged += 1 + children
+            if spent():
                 return purged
         cutoff = at - ttl
-        k = self.keys
-        terminal = [s.value for s in RUN_TERMINAL]
-        while deleted < budget:
+        while not spent():
             batch = self.r.zrangebyscore(k.runs_ended, "-inf", cutoff, start=0, num=SWEEP_BATCH)
             if not batch:
                 break
             for run_id in batch:
-                started = self._scripts["purge_run"](
-                    keys=[k.run(run_id), k.runs_ended, k.runs_all, k.runs_purging],
-                    args=[run_id, cutoff, now(), *terminal],
-                )
-                if started:
-                    deleted += self._delete_run_keys(run_id)
-                    purged += 1
-                    if deleted >= budget:
+                if self._begin_purge(run_id, at, cutoff):
+                    n, children = self._delete_run_keys(run_id)
+                    deleted += n
+                    purged += 1 + children
+                    if spent():
                         break
         return purged
 
-    def _delete_run_keys(self, run_id: str) -> int:
-        """Unlink what ``purge_run.lua`` left of a run; the run leaves ``runs:purging`` last."""
-        keys = list(self._run_keys(run_id))
+    def _begin_purge(self, run_id: str, at: float, cutoff: float, child: bool = False) -> bool:
+        k, ttl = self.keys, self.settings.result_ttl
+        return bool(
+            self._scripts["purge_run"](
+                keys=[k.run(run_id), k.runs_ended, k.runs_all, k.runs_purging],
+                args=[
+                    run_id,
+                    cutoff,
+                    cutoff - ttl,
+                    at,
+                    k.run("")[:-1],  # the run hash key without the id and its closing brace
+                    ttl,
+                    "1" if child else "",
+                    *(s.value for s in RUN_TERMINAL),
+                ],
+            )
+        )
+
+    def _delete_run_keys(self, run_id: str) -> tuple[int, int]:
+        """Unlink what ``purge_run.lua`` left of a run, and its child runs (a sub-pipeline's),
+        which are deleted with it; the run leaves ``runs:purging`` last. Returns the number
+        of keys and of child runs deleted."""
+        k = self.keys
+        deleted, children = 0, 0
+        for child in sorted(self.r.smembers(k.children(run_id))):
+            # a child that is not finished (retried on its own) is kept, queued for later
+            if self._begin_purge(child, now(), float("inf"), child=True):
+                n, grandchildren = self._delete_run_keys(child)
+                deleted += n
+                children += 1 + grandchildren
+        chunk: list[str] = []
         pipe = self.r.pipeline(transaction=False)
-        for n, i in enumerate(range(0, len(keys), UNLINK_CHUNK), 1):
-            pipe.unlink(*keys[i : i + UNLINK_CHUNK])
-            if n % UNLINK_PIPELINE == 0:
-                pipe.execute()
-        pipe.zrem(self.keys.runs_purging, run_id)
+        queued = 0
+        for key in self._run_keys(run_id):
+            chunk.append(key)
+            if len(chunk) == UNLINK_CHUNK:
+                pipe.unlink(*chunk)
+                deleted, chunk, queued = deleted + len(chunk), [], queued + 1
+                if queued == UNLINK_PIPELINE:
+                    pipe.execute()
+                    queued = 0
+        if chunk:
+            pipe.unlink(*chunk)
+            deleted += len(chunk)
+        pipe.zrem(k.runs_purging, run_id)
         pipe.execute()
-        return len(keys)
+        return deleted, children
 
     def _run_keys(self, run_id: str) -> Iterator[str]:
         """Every key of a run but its run hash, task keys first, the node-states hash last."""
@@ -90,15 +144,17 @@ class RetentionStore(StoreBase):
         yield from k.run_keys(run_id)
         yield k.nodes(run_id)
 
-    def backfill_ended(self, steps: int) -> None:
-        """Add the finished runs recorded before ``runs:ended`` existed (an upgrade) to it, a
-        ZSCAN step of ``runs:all`` at a time, its cursor kept in Redis; once round, never
-        again. Every run that ends after the upgrade is added when it ends."""
+    def backfill_ended(self, at: float, steps: int) -> None:
+        """Queue the finished runs that are not queued (ended by an earlier release, before an
+        upgrade or during a rolling one): a ZSCAN step of ``runs:all`` at a time, its cursor
+        kept in Redis; a round, then another BACKFILL_EVERY_S after it ended."""
         k = self.keys
-        cursor = self.r.get(k.runs_backfill)
-        if cursor == "done":
-            return
-        position = int(cursor or 0)
+        cursor = self.r.get(k.runs_backfill) or "0"
+        if cursor.startswith("done:"):
+            if at - float(cursor[5:]) < BACKFILL_EVERY_S:
+                return
+            cursor = "0"
+        position = int(cursor)
         terminal = {s.value for s in RUN_TERMINAL}
         for _ in range(steps):
             position, members = self.r.zscan(k.runs_all, position, count=BACKFILL_STEP)
@@ -111,8 +167,9 @@ class RetentionStore(StoreBase):
                 if status in terminal:
                     ended[run_id] = float(finished or created or 0)
             if ended:
+                # nx: a queued run keeps its time (or the later one a kept run was given)
                 self.r.zadd(k.runs_ended, ended, nx=True)
             if position == 0:
-                self.r.set(k.runs_backfill, "done")
+                self.r.set(k.runs_backfill, f"done:{at}")
                 return
             self.r.set(k.runs_backfill, position)

@@ -100,6 +100,10 @@ class Store(OutputStore, CompensationStore, RetentionStore):
 
         Server-side COPY: the artifacts never travel through the client. Returns the number of
         tasks the copied nodes had. Task hashes are not copied: the old run keeps its history.
+
+        The copy is one transaction watching the source's run hash, which the retention sweep
+        deletes first (``purge_run.lua``): when the source is deleted meanwhile, nothing is
+        copied and RunNotFound is raised.
         """
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
@@ -107,24 +111,30 @@ class Store(OutputStore, CompensationStore, RetentionStore):
             pipe.hgetall(k.counts(src, slug))
             pipe.hget(k.node(src, slug), "tasks")
         replies = pipe.execute()
-        total = 0
-        pipe = self.r.pipeline(transaction=False)
-        for i, slug in enumerate(slugs):
-            counts, tasks = replies[2 * i], replies[2 * i + 1]
-            total += int(tasks or 0)
-            pipe.copy(k.node(src, slug), k.node(dst, slug), replace=True)
-            pipe.hset(k.node(dst, slug), "reused_from", src)
-            pipe.copy(k.counts(src, slug), k.counts(dst, slug), replace=True)
-            for index in counts:
-                pipe.copy(
-                    k.outputs(src, slug, int(index)), k.outputs(dst, slug, int(index)), replace=True
-                )
-        pipe.execute()
+        total = sum(int(replies[2 * i + 1] or 0) for i in range(len(slugs)))
+
+        def copy(pipe: Any) -> None:
+            if not pipe.hexists(k.run(src), "status"):
+                raise RunNotFound(src)
+            pipe.multi()
+            for i, slug in enumerate(slugs):
+                pipe.copy(k.node(src, slug), k.node(dst, slug), replace=True)
+                pipe.hset(k.node(dst, slug), "reused_from", src)
+                pipe.copy(k.counts(src, slug), k.counts(dst, slug), replace=True)
+                for index in replies[2 * i]:
+                    pipe.copy(
+                        k.outputs(src, slug, int(index)),
+                        k.outputs(dst, slug, int(index)),
+                        replace=True,
+                    )
+
+        # (a write to the source's run hash meanwhile, not its deletion, is simply tried again)
+        self.r.transaction(copy, k.run(src))
         return total
 
     def run(self, run_id: str) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.run(run_id))
-        if not data:
+        if "status" not in data:  # (a late write to a deleted run leaves a hash without one)
             raise RunNotFound(run_id)
         return data
 
@@ -134,7 +144,7 @@ class Store(OutputStore, CompensationStore, RetentionStore):
         pipe.hgetall(self.keys.run(run_id))
         pipe.get(self.keys.pipeline(run_id))
         run, text = pipe.execute()
-        if not run or text is None:
+        if "status" not in run or text is None:
             raise RunNotFound(run_id)
         return run, text
 

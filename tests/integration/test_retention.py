@@ -11,8 +11,8 @@ import pytest
 
 from dagworker import Client
 from dagworker.errors import RunNotFound
-from dagworker.states import RUN_TERMINAL
 from dagworker.store import now
+from dagworker.store.retention import BACKFILL_EVERY_S
 from tests.conftest import Deployment, deployment, node, wait_for
 
 WAIT = 60
@@ -87,14 +87,16 @@ def test_finished_runs_are_deleted_with_every_key_after_the_ttl(kept: Deployment
         }
     )
     chain = client.submit({"name": "ret-chain", "nodes": [node("a", "t_noop")]})
+    failed = client.submit({"name": "ret-failed", "nodes": [node("a", "t_fail")]})
     assert fanout.wait(WAIT).status == "completed"
     assert saga.wait(WAIT).status == "rolled_back"
     assert parent.wait(WAIT).status == "completed"
     assert chain.wait(WAIT).status == "completed"
+    assert failed.wait(WAIT).status == "failed"
     children = sorted(kept.redis.smembers(f"{kept.prefix}:run:{{{parent.id}}}:children"))
     assert len(children) == 2
     wait_for(lambda: all(client.get(c).state().terminal for c in children), WAIT)
-    runs = [fanout.id, saga.id, parent.id, chain.id, *children]
+    runs = [fanout.id, saga.id, parent.id, chain.id, failed.id, *children]
     # (the chain's one node ended its run in the handoff script, the others in a commit)
     assert int(kept.redis.hget(f"{kept.prefix}:run:{{{chain.id}}}", "handoffs") or 0) == 1
     assert set(ended(kept)) == set(runs)
@@ -103,12 +105,20 @@ def test_finished_runs_are_deleted_with_every_key_after_the_ttl(kept: Deployment
     assert run_keys(kept, saga.id) and run_keys(kept, parent.id)
     wait_for(lambda: kept.drained(scheduled=True), WAIT)  # hooks and all sent and done
 
+    before = set(run_keys(kept))
+    assert all(any(f"{{{r}}}" in key for key in before) for r in runs)
+
     # When the sweep runs before their time is up, nothing is deleted
     assert sweep(kept, after=TTL / 2) == 0
     assert set(ended(kept)) == set(runs)
-    assert all(run_keys(kept, r) for r in runs)
+    assert set(run_keys(kept)) == before
+    # nor a child run whose own time is up while its parent's is not: it goes with its parent
+    kept.redis.zadd(f"{kept.prefix}:runs:ended", {children[0]: now() - 10 * TTL})
+    assert sweep(kept, after=TTL / 2) == 0
+    assert set(ended(kept)) == set(runs) - {children[0]}
+    assert set(run_keys(kept)) == before
 
-    # When it runs once their time is up
+    # When it runs once their time is up (the children are deleted with their parent)
     assert sweep(kept, after=TTL + 1) == len(runs)
     # Then no key of any run is left, nor the runs in the run list, and they are unknown
     assert run_keys(kept) == []
@@ -165,10 +175,7 @@ def test_an_interrupted_deletion_is_finished_by_the_next_sweep(kept: Deployment)
     wait_for(lambda: kept.drained(scheduled=True), WAIT)
     store, k = client.store, client.store.keys
     # Given a sweep that died right after its first, atomic, step (the run hash deleted)
-    assert store._scripts["purge_run"](
-        keys=[k.run(handle.id), k.runs_ended, k.runs_all, k.runs_purging],
-        args=[handle.id, now() + 1, now(), *(s.value for s in RUN_TERMINAL)],
-    )
+    assert store._begin_purge(handle.id, now(), now() + 1)
     left = run_keys(kept, handle.id)
     assert left and k.run(handle.id) not in left
     with pytest.raises(RunNotFound):
@@ -178,6 +185,88 @@ def test_an_interrupted_deletion_is_finished_by_the_next_sweep(kept: Deployment)
     assert client.store.purge_expired(now()) == 1
     # Then the rest of the run is gone
     assert run_keys(kept, handle.id) == [] and d_purging(kept) == []
+
+
+def test_a_run_ended_with_tasks_in_flight_is_kept_one_ttl_more(kept: Deployment) -> None:
+    client = kept.client()
+    # Given a run cancelled while a task of it waits in a queue no worker consumes
+    handle = client.submit(
+        {
+            "name": "ret-in-flight",
+            "nodes": [node("a", "t_noop"), node("b", "t_noop", "a", queue="nobody-listens")],
+        }
+    )
+    wait_for(lambda: kept.queue_length("nobody-listens") == 1, WAIT)
+    assert handle.cancel()
+    assert handle.wait(WAIT).status == "cancelled"
+    run = kept.redis.hgetall(f"{kept.prefix}:run:{{{handle.id}}}")
+    assert int(run.get("tasks_done", 0)) < int(run["tasks_total"])
+    finished = float(run["finished_at"])
+    # When the sweep runs once its time is up, the run is kept (its message may still come)
+    assert sweep(kept, after=TTL + 1) == 0
+    assert handle.status().status == "cancelled"
+    assert ended(kept)[handle.id] == pytest.approx(finished + TTL)
+    # and deleted one TTL later, in flight or not (its message may be lost for good)
+    assert sweep(kept, after=2 * TTL + 1) == 1
+    assert run_keys(kept, handle.id) == []
+
+
+def test_a_run_created_again_while_its_deletion_was_pending_is_kept(kept: Deployment) -> None:
+    client = kept.client()
+    handle = client.submit({"name": "ret-again", "nodes": [node("a", "t_noop")]})
+    assert handle.wait(WAIT).status == "completed"
+    keys = set(run_keys(kept, handle.id))
+    # Given a deletion pending for a run id that exists (e.g. a child id created again)
+    kept.redis.zadd(f"{kept.prefix}:runs:purging", {handle.id: now()})
+    # When the sweep resumes pending deletions
+    assert sweep(kept, after=0) == 0
+    # Then the run is left whole and the deletion dropped
+    assert set(run_keys(kept, handle.id)) == keys and d_purging(kept) == []
+    assert handle.status().status == "completed"
+
+
+def test_a_replay_of_a_run_being_deleted_is_refused_before_it_starts(kept: Deployment) -> None:
+    client = kept.client()
+    handle = client.submit(
+        {
+            "name": "ret-replay",
+            "nodes": [node("a", "t_emit", config={"n": 2}), node("b", "t_double", "a")],
+        }
+    )
+    assert handle.wait(WAIT).status == "completed"
+    store, k = client.store, client.store.keys
+    before = set(kept.redis.scan_iter(match=f"{kept.prefix}:*", count=1000))
+    # Given its deletion begun (the run hash gone, its nodes and outputs not yet)
+    assert store._begin_purge(handle.id, now(), now() + 1)
+    # When its nodes are copied for a replay, nothing is copied and the run is unknown
+    with pytest.raises(RunNotFound):
+        store.copy_nodes(handle.id, "replay-target", ["a"])
+    assert not list(kept.redis.scan_iter(match=f"{kept.prefix}:run:{{replay-target}}*"))
+    assert k.outputs(handle.id, "a", 0) in before and kept.redis.exists(
+        k.outputs(handle.id, "a", 0)
+    )
+
+
+def test_staged_outputs_are_kept_as_long_as_their_run(kept: Deployment) -> None:
+    client = kept.client()
+    # Given a task with more outputs than go inline (they are staged, and staging expires)
+    handle = client.submit(
+        {"name": "ret-staged", "nodes": [node("a", "t_emit", config={"n": 250})]}
+    )
+    assert handle.wait(WAIT).status == "completed"
+    key = client.store.keys.outputs(handle.id, "a", 0)
+    # Then its committed outputs do not expire
+    assert kept.redis.llen(key) == 250 and kept.redis.ttl(key) == -1
+
+
+def test_due_entries_of_deleted_runs_are_dropped(kept: Deployment) -> None:
+    from dagworker.reconciler import publish_due
+
+    client = kept.client()
+    due = f"{kept.prefix}:due"
+    kept.redis.zadd(due, {"retry|gone-run|a|0|2": 0, "comp|gone-run|a|0|1": 0})
+    assert publish_due(client.orchestrator) == 2
+    assert kept.redis.zcard(due) == 0
 
 
 def d_purging(d: Deployment) -> list[str]:
@@ -196,7 +285,15 @@ def test_runs_that_ended_before_the_sweep_existed_are_found(kept: Deployment) ->
     assert sweep(kept, after=TTL + 1) == 1
     # Then it found the run and deleted it; the backfill went round once
     assert run_keys(kept, old.id) == []
-    assert kept.redis.get(f"{kept.prefix}:runs:ended:backfill") == "done"
+    assert kept.redis.get(f"{kept.prefix}:runs:ended:backfill").startswith("done:")
+    # Given another run ended by an earlier release (a rolling upgrade), after that round
+    late = client.submit({"name": "ret-old", "nodes": [node("a", "t_noop")]})
+    assert late.wait(WAIT).status == "completed"
+    kept.redis.zrem(f"{kept.prefix}:runs:ended", late.id)
+    # Then it is found when the backfill goes round again, a day later
+    assert sweep(kept, after=TTL + 1) == 0
+    assert sweep(kept, after=TTL + BACKFILL_EVERY_S + 2) == 1  # (the round was at +TTL+1)
+    assert run_keys(kept, late.id) == []
 
 
 def test_result_ttl_zero_keeps_finished_runs(kept: Deployment) -> None:
