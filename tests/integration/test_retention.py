@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,6 +29,18 @@ def kept(tmp_path: Any) -> Iterator[Deployment]:
         d.start_worker()
         d.workers[0].wait_ready()
         yield d
+
+
+@contextmanager
+def reconciler_held(d: Deployment) -> Iterator[None]:
+    """The workers' reconciler passes (and so their sweeps) wait while the test holds their
+    lock: a pending deletion the test set up stays as it is."""
+    key = f"{d.prefix}:reconciler:lock"
+    wait_for(lambda: d.redis.set(key, "test", nx=True, px=600_000), WAIT)
+    try:
+        yield
+    finally:
+        d.redis.delete(key)
 
 
 def run_keys(d: Deployment, run_id: str | None = None) -> list[str]:
@@ -175,14 +188,15 @@ def test_an_interrupted_deletion_is_finished_by_the_next_sweep(kept: Deployment)
     wait_for(lambda: kept.drained(scheduled=True), WAIT)
     store, k = client.store, client.store.keys
     # Given a sweep that died right after its first, atomic, step (the run hash deleted)
-    assert store._begin_purge(handle.id, now(), now() + 1)
-    left = run_keys(kept, handle.id)
-    assert left and k.run(handle.id) not in left
-    with pytest.raises(RunNotFound):
-        handle.status()
-    # When the next sweep runs (the run's own time is not even up for this client)
-    assert d_purging(kept) == [handle.id]
-    assert client.store.purge_expired(now()) == 1
+    with reconciler_held(kept):
+        assert store._begin_purge(handle.id, now(), now() + 1)
+        left = run_keys(kept, handle.id)
+        assert left and k.run(handle.id) not in left
+        with pytest.raises(RunNotFound):
+            handle.status()
+        # When the next sweep runs (the run's own time is not even up for this client)
+        assert d_purging(kept) == [handle.id]
+        assert client.store.purge_expired(now()) == 1
     # Then the rest of the run is gone
     assert run_keys(kept, handle.id) == [] and d_purging(kept) == []
 
@@ -237,14 +251,15 @@ def test_a_replay_of_a_run_being_deleted_is_refused_before_it_starts(kept: Deplo
     store, k = client.store, client.store.keys
     before = set(kept.redis.scan_iter(match=f"{kept.prefix}:*", count=1000))
     # Given its deletion begun (the run hash gone, its nodes and outputs not yet)
-    assert store._begin_purge(handle.id, now(), now() + 1)
-    # When its nodes are copied for a replay, nothing is copied and the run is unknown
-    with pytest.raises(RunNotFound):
-        store.copy_nodes(handle.id, "replay-target", ["a"])
-    assert not list(kept.redis.scan_iter(match=f"{kept.prefix}:run:{{replay-target}}*"))
-    assert k.outputs(handle.id, "a", 0) in before and kept.redis.exists(
-        k.outputs(handle.id, "a", 0)
-    )
+    with reconciler_held(kept):
+        assert store._begin_purge(handle.id, now(), now() + 1)
+        # When its nodes are copied for a replay, nothing is copied and the run is unknown
+        with pytest.raises(RunNotFound):
+            store.copy_nodes(handle.id, "replay-target", ["a"])
+        assert not list(kept.redis.scan_iter(match=f"{kept.prefix}:run:{{replay-target}}*"))
+        assert k.outputs(handle.id, "a", 0) in before and kept.redis.exists(
+            k.outputs(handle.id, "a", 0)
+        )
 
 
 def test_staged_outputs_are_kept_as_long_as_their_run(kept: Deployment) -> None:
