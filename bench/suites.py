@@ -159,12 +159,37 @@ def _completion(sample: Sample, slug: str) -> tuple[list[float], list[float]]:
 REPEAT_UP_TO = 20_000
 
 
-def _repeated(bench: Bench, shape: Shape, repeats: int, **kwargs: bool) -> list[Sample]:
-    """``repeats`` runs of a shape (one when it is large), the median-wall run first."""
-    n = repeats if shape.tasks <= REPEAT_UP_TO else 1
-    runs = [bench.measure("dag", shape, **kwargs) for _ in range(max(1, n))]
-    middle = sorted(runs, key=lambda s: s.wall_s)[len(runs) // 2]
-    return [middle, *(s for s in runs if s is not middle)]
+#: How often the scaling runs look whether their run ended. The comparison polls every 10 ms,
+#: dagworker and canvas alike (canvas's poll reads every leaf's result); a 100-task run lasts
+#: about 0.1 s, so there its end is seen 5 ms late on average, 5% of its per-task cost. One
+#: ZCARD per millisecond costs the server next to nothing and its commands are not counted.
+SCALING_POLL_S = 0.001
+
+
+def _series(bench: Bench, shapes: list[Shape], repeats: int, **kwargs: bool) -> list[list[Sample]]:
+    """The runs of each shape, the median-wall run first. Shapes of at most REPEAT_UP_TO tasks
+    run ``repeats`` times, interleaved (small, medium, small, medium, ...) like the comparison's
+    A B A B: the machine's speed drifts by more than the target's margin over minutes, and
+    runs of one size back to back would each see a different part of that drift. Larger
+    shapes run once, after."""
+    small = [s for s in shapes if s.tasks <= REPEAT_UP_TO]
+    runs: dict[str, list[Sample]] = {s.name: [] for s in shapes}
+    poll, bench.poll_s = bench.poll_s, SCALING_POLL_S
+    try:
+        for _ in range(max(1, repeats)):
+            for shape in small:
+                runs[shape.name].append(bench.measure("dag", shape, **kwargs))
+        for shape in shapes:
+            if shape not in small:
+                runs[shape.name].append(bench.measure("dag", shape, **kwargs))
+    finally:
+        bench.poll_s = poll
+    out = []
+    for shape in shapes:
+        of = runs[shape.name]
+        middle = sorted(of, key=lambda s: s.wall_s)[len(of) // 2]
+        out.append([middle, *(s for s in of if s is not middle)])
+    return out
 
 
 def _median_per_task(runs: list[Sample]) -> dict[str, float]:
@@ -188,9 +213,9 @@ def scale_fanout(
     samples = []
     series = []
     rows = []
-    for width in widths:
-        shape = fanout_shape(width, aggregate=False)
-        runs = _repeated(bench, shape, repeats, memory=True, hop=False)
+    shapes = [fanout_shape(width, aggregate=False) for width in widths]
+    measured = _series(bench, shapes, repeats, memory=True, hop=False)
+    for width, runs in zip(widths, measured, strict=True):
         sample = runs[0]
         samples.append(sample)
         cost = _median_per_task(runs)
@@ -241,8 +266,8 @@ def scale_fanout(
 def scale_chain(bench: Bench, lengths: tuple[int, ...], figures: Figures, repeats: int = 1) -> None:
     rows = []
     series = []
-    for length in lengths:
-        runs = _repeated(bench, chain_shape(length), repeats)
+    shapes = [chain_shape(length) for length in lengths]
+    for length, runs in zip(lengths, _series(bench, shapes, repeats), strict=True):
         sample = runs[0]
         cost = _median_per_task(runs)
         series.append(cost)
