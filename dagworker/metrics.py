@@ -76,6 +76,7 @@ ORCHESTRATION = Histogram(
 HISTOGRAMS = (TASK_DURATION, QUEUE_WAIT, ORCHESTRATION)
 TASKS_TOTAL = "tasks"  # [tasks, plugin, outcome]
 RUNS_FINISHED = "runs"  # [runs, pipeline, state]
+RUNS_DELETED = "runs_deleted"  # [runs_deleted]: finished runs deleted by retention
 
 
 def _field(*parts: str) -> str:
@@ -137,10 +138,10 @@ class Recorder:
             self._ints[_field(hist.kind + "_n", label)] += 1
             self._floats[_field(hist.kind + "_s", label)] += value
 
-    def count(self, kind: str, *labels: str) -> None:
+    def count(self, kind: str, *labels: str, n: int = 1) -> None:
         self._ensure_flusher()
         with self._lock:
-            self._ints[_field(kind, *labels)] += 1
+            self._ints[_field(kind, *labels)] += n
 
     def task_finished(
         self, plugin: str, outcome: str, duration: float, queue: str, wait: float | None
@@ -257,6 +258,13 @@ def render(raw: Mapping[str, str], active: Mapping[str, int]) -> str:
     for parts, value in sorted(p for p in parsed if p[0][0] == RUNS_FINISHED):
         labels = _labels([("pipeline", parts[1]), ("state", parts[2])])
         out.append(f"dagworker_runs_finished_total{labels} {int(value)}")
+    family(
+        "dagworker_runs_deleted_total",
+        "counter",
+        "Finished runs deleted once DAGWORKER_RESULT_TTL passed, child runs included.",
+    )
+    deleted = sum(int(value) for parts, value in parsed if parts == [RUNS_DELETED])
+    out.append(f"dagworker_runs_deleted_total {deleted}")
     family("dagworker_tasks_total", "counter", "Task attempts by plugin and outcome.")
     for parts, value in sorted(p for p in parsed if p[0][0] == TASKS_TOTAL):
         labels = _labels([("plugin", parts[1]), ("outcome", parts[2])])

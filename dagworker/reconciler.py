@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from dagworker import rollback
 from dagworker.errors import RunNotFound
+from dagworker.metrics import RUNS_DELETED, recorder
 from dagworker.orchestrator import Orchestrator
 from dagworker.store import Store, now
 
@@ -64,6 +65,8 @@ def reconcile_once(orch: Orchestrator) -> Repairs:
         repairs.purged = store.purge_expired(now())
     except Exception:  # retention must not stop the repairs of the next pass
         log.exception("reconciler: the retention sweep failed")
+    if repairs.purged:
+        recorder.count(RUNS_DELETED, n=repairs.purged)
     return repairs
 
 

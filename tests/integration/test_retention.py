@@ -337,3 +337,6 @@ def test_workers_delete_expired_runs_by_themselves(tmp_path: Any) -> None:
         with pytest.raises(RunNotFound):
             handle.status()
         assert "finished run(s) past DAGWORKER_RESULT_TTL deleted" in d.workers[0].log()
+        # and counted for the exporter (dagworker_runs_deleted_total)
+        metrics = f"{d.prefix}:metrics"
+        wait_for(lambda: int(d.redis.hget(metrics, '["runs_deleted"]') or 0) >= 1, 30)

@@ -7,7 +7,14 @@ import logging
 import pytest
 
 from dagworker import logs
-from dagworker.metrics import ORCHESTRATION, QUEUE_WAIT, TASK_DURATION, Recorder, render
+from dagworker.metrics import (
+    ORCHESTRATION,
+    QUEUE_WAIT,
+    RUNS_DELETED,
+    TASK_DURATION,
+    Recorder,
+    render,
+)
 
 
 class FakeRedis:
@@ -41,6 +48,8 @@ def test_recorder_batches_observations_and_render_makes_cumulative_histograms() 
         pass
     rec.run_finished('media "v2"', "completed")
     rec.run_finished('media "v2"', "completed")
+    rec.count(RUNS_DELETED, n=3)
+    rec.count(RUNS_DELETED)
     # When flushed: one round trip for everything
     assert rec.flush() > 0 and redis.round_trips == 1
     assert rec.flush() == 0 and redis.round_trips == 1
@@ -49,6 +58,7 @@ def test_recorder_batches_observations_and_render_makes_cumulative_histograms() 
     # Then the page is text format 0.0.4: HELP/TYPE per family, escaped labels
     assert 'dagworker_runs_finished_total{pipeline="media \\"v2\\"",state="completed"} 2' in lines
     assert 'dagworker_runs_active{state="running"} 2' in lines
+    assert "dagworker_runs_deleted_total 4" in lines
     assert 'dagworker_tasks_total{plugin="transcode",outcome="completed"} 3' in lines
     for hist in (TASK_DURATION, QUEUE_WAIT, ORCHESTRATION):
         assert f"# TYPE {hist.name} histogram" in lines
