@@ -22,43 +22,31 @@ from bench import env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(path: Path) -> list[str]:
-    # Fields after the command name, which may contain spaces, start after the last ")".
-    return path.read_text().rsplit(")", 1)[1].split()
-
-
-def _ticks(fields: list[str]) -> int:
-    return int(fields[11]) + int(fields[12])  # fields 14, 15 of stat: utime, stime
-
-
 def group_cpu_seconds(pgid: int) -> float:
-    """CPU time of every live process in the group (a solo worker is one process).
-
-    Each live thread's time is the scheduler's nanosecond count (``task/<tid>/schedstat``):
-    utime + stime count 10 ms ticks, and a 100-task run costs a couple of hundred ms of worker
-    CPU, so ticks moved its per-task figure by a tenth from one run to the next. Threads that
-    ended are only in the process's ticks: their share (the process's ticks less its live
-    threads' ticks) is added at tick precision.
-    """
-    total = 0.0
+    """CPU time of every live thread of every live process in the group (a solo worker is
+    one process): the scheduler's nanosecond count (``task/<tid>/schedstat``). utime + stime
+    count 10 ms ticks, and a 100-task run costs a couple of hundred ms of worker CPU, so ticks
+    moved its per-task figure by a tenth from one run to the next. A thread that ends between
+    two readings takes its time with it (undercounted); a worker's threads live as long as it
+    does, dagworker's and canvas's alike."""
+    total_ns = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            process = _stat_fields(Path(entry.path, "stat"))
-            if int(process[2]) != pgid:  # field 5 of stat: pgrp
+            raw = Path(entry.path, "stat").read_text()
+            # Fields after the command name, which may contain spaces, start after the last ")".
+            if int(raw.rsplit(")", 1)[1].split()[2]) != pgid:  # field 5 of stat: pgrp
                 continue
-            live_ns, live_ticks = 0, 0
-            for task in os.scandir(Path(entry.path, "task")):
-                live_ns += int(Path(task.path, "schedstat").read_text().split()[0])
-                live_ticks += _ticks(_stat_fields(Path(task.path, "stat")))
+            tasks = list(os.scandir(Path(entry.path, "task")))
         except OSError:
             continue  # exited while we looked
-        total += live_ns / 1e9 + max(0, _ticks(process) - live_ticks) / CLOCK_TICKS
-    return total
+        for task in tasks:
+            try:
+                total_ns += int(Path(task.path, "schedstat").read_text().split()[0])
+            except OSError:
+                continue  # a thread that ended while we looked
+    return total_ns / 1e9
 
 
 @dataclass

@@ -171,17 +171,18 @@ def _series(bench: Bench, shapes: list[Shape], repeats: int, **kwargs: bool) -> 
     run ``repeats`` times, interleaved (small, medium, small, medium, ...) like the comparison's
     A B A B: the machine's speed drifts by more than the target's margin over minutes, and
     runs of one size back to back would each see a different part of that drift. Larger
-    shapes run once, after."""
+    shapes run once, after the first round, so the rounds of the small ones surround them."""
     small = [s for s in shapes if s.tasks <= REPEAT_UP_TO]
+    large = [s for s in shapes if s.tasks > REPEAT_UP_TO]
     runs: dict[str, list[Sample]] = {s.name: [] for s in shapes}
     poll, bench.poll_s = bench.poll_s, SCALING_POLL_S
     try:
-        for _ in range(max(1, repeats)):
+        for round_ in range(max(1, repeats)):
             for shape in small:
                 runs[shape.name].append(bench.measure("dag", shape, **kwargs))
-        for shape in shapes:
-            if shape not in small:
-                runs[shape.name].append(bench.measure("dag", shape, **kwargs))
+            if round_ == 0:
+                for shape in large:
+                    runs[shape.name].append(bench.measure("dag", shape, **kwargs))
     finally:
         bench.poll_s = poll
     out = []

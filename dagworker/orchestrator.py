@@ -292,8 +292,13 @@ class Orchestrator:
         else:
             # Copied first: a source deleted meanwhile (retention) refuses the replay before
             # the new run exists.
-            copied = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
-            version = self.store.create_run(run_id, record, pipeline_json, waits, [started])
+            copied, written = self.store.copy_nodes(reuse[0], run_id, sorted(reused))
+            try:
+                version = self.store.create_run(run_id, record, pipeline_json, waits, [started])
+            except BaseException:
+                if written:  # (no run owns them: neither listed nor ever deleted otherwise)
+                    self.store.r.unlink(*written)
+                raise
             ops: list[tuple[Any, ...]] = [
                 (k.run(run_id), "hset", "tasks_total", copied),
                 (k.run(run_id), "hset", "tasks_done", copied),

@@ -201,6 +201,8 @@ def publish_due(orch: Orchestrator, limit: int = 100) -> int:
                 )
             elif kind == "hook":
                 run_id, event = rest.rsplit("|", 1)
+                if not store.r.hexists(store.keys.run(run_id), "status"):
+                    raise RunNotFound(run_id)  # deleted (retention): no hooks task to send
                 orch.publisher.publish_hooks(run_id, event)
         except RunNotFound:
             # its run was deleted (DAGWORKER_RESULT_TTL) while the entry waited: nothing to send

@@ -31,6 +31,9 @@ BACKFILL_STEP = 500
 #: The backfill goes round the run list again this long after its last round: runs ended by
 #: workers or clients of an earlier release (a rolling upgrade) are not queued when they end.
 BACKFILL_EVERY_S = 86_400.0
+#: A cutoff no finish time reaches: a child run goes with its parent, whenever it ended and
+#: whether tasks of it are in flight or not.
+FOREVER = 1e18
 
 
 class RetentionStore(StoreBase):
@@ -54,30 +57,36 @@ class RetentionStore(StoreBase):
         def spent() -> bool:
             return deleted >= budget_keys or time.monotonic() - started >= budget_s
 
-        for run_id in self.r.zrange(k.runs_purging, 0, SWEEP_BATCH - 1):
-            if self.r.exists(k.run(run_id)):
-                # Created again (a deterministic child id) since its deletion began: the new run
-                # is not deleted; what is left of the old one is shared with it.
-                log.warning("retention: run %s exists again; its deletion is dropped", run_id)
-                self.r.zrem(k.runs_purging, run_id)
-                continue
-            n, children = self._delete_run_keys(run_id)
-            deleted += n
-            purged += 1 + children
-            if spent():
-                return purged
-        cutoff = at - ttl
-        while not spent():
-            batch = self.r.zrangebyscore(k.runs_ended, "-inf", cutoff, start=0, num=SWEEP_BATCH)
-            if not batch:
-                break
-            for run_id in batch:
-                if self._begin_purge(run_id, at, cutoff):
-                    n, children = self._delete_run_keys(run_id)
-                    deleted += n
-                    purged += 1 + children
-                    if spent():
-                        break
+        try:
+            for run_id in self.r.zrange(k.runs_purging, 0, SWEEP_BATCH - 1):
+                if self.r.zscore(k.runs_purging, run_id) is None:
+                    continue  # a child, deleted with its parent just before
+                if self.r.hexists(k.run(run_id), "status"):
+                    # Created again (a deterministic child id) since its deletion began: the
+                    # new run is not deleted; what is left of the old one is shared with it.
+                    log.warning("retention: run %s exists again; its deletion is dropped", run_id)
+                    self.r.zrem(k.runs_purging, run_id)
+                    continue
+                n, children = self._delete_run_keys(run_id)
+                deleted += n
+                purged += 1 + children
+                if spent():
+                    return purged
+            cutoff = at - ttl
+            while not spent():
+                batch = self.r.zrangebyscore(k.runs_ended, "-inf", cutoff, start=0, num=SWEEP_BATCH)
+                if not batch:
+                    break
+                for run_id in batch:
+                    if self._begin_purge(run_id, at, cutoff):
+                        n, children = self._delete_run_keys(run_id)
+                        deleted += n
+                        purged += 1 + children
+                        if spent():
+                            break
+        except Exception:
+            # (a Redis error midway: what was deleted is counted; the next sweep goes on)
+            log.exception("retention: the sweep stopped after %d run(s)", purged)
         return purged
 
     def _begin_purge(self, run_id: str, at: float, cutoff: float, child: bool = False) -> bool:
@@ -106,7 +115,7 @@ class RetentionStore(StoreBase):
         deleted, children = 0, 0
         for child in sorted(self.r.smembers(k.children(run_id))):
             # a child that is not finished (retried on its own) is kept, queued for later
-            if self._begin_purge(child, now(), float("inf"), child=True):
+            if self._begin_purge(child, now(), FOREVER, child=True):
                 n, grandchildren = self._delete_run_keys(child)
                 deleted += n
                 children += 1 + grandchildren

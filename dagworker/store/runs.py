@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import WatchError
+
 from dagworker.artifact import Artifact
-from dagworker.errors import RunNotFound, StoreError
+from dagworker.errors import IllegalTransition, RunNotFound, StoreError
 from dagworker.lock import RunLock
 from dagworker.settings import Settings
 from dagworker.states import RunState
@@ -95,42 +97,54 @@ class Store(OutputStore, CompensationStore, RetentionStore):
             raise StoreError(f"run {run_id!r} already exists")
         return version
 
-    def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> int:
+    def copy_nodes(self, src: str, dst: str, slugs: Sequence[str]) -> tuple[int, list[str]]:
         """Copy settled nodes (counters and artifacts) of run ``src`` into the new run ``dst``.
 
         Server-side COPY: the artifacts never travel through the client. Returns the number of
-        tasks the copied nodes had. Task hashes are not copied: the old run keeps its history.
+        tasks the copied nodes had and the keys written (the caller unlinks them when the new
+        run cannot be created). Task hashes are not copied: the old run keeps its history.
 
-        The copy is one transaction watching the source's run hash, which the retention sweep
-        deletes first (``purge_run.lua``): when the source is deleted meanwhile, nothing is
-        copied and RunNotFound is raised.
+        The reads and the copy happen in a transaction watching the source's run hash, which
+        a retry or rollback of the source changes and the retention sweep deletes first
+        (``purge_run.lua``): a source deleted meanwhile raises RunNotFound, one that is no
+        longer finished IllegalTransition, and nothing is copied.
         """
         k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        for slug in slugs:
-            pipe.hgetall(k.counts(src, slug))
-            pipe.hget(k.node(src, slug), "tasks")
-        replies = pipe.execute()
-        total = sum(int(replies[2 * i + 1] or 0) for i in range(len(slugs)))
-
-        def copy(pipe: Any) -> None:
-            if not pipe.hexists(k.run(src), "status"):
-                raise RunNotFound(src)
-            pipe.multi()
-            for i, slug in enumerate(slugs):
-                pipe.copy(k.node(src, slug), k.node(dst, slug), replace=True)
-                pipe.hset(k.node(dst, slug), "reused_from", src)
-                pipe.copy(k.counts(src, slug), k.counts(dst, slug), replace=True)
-                for index in replies[2 * i]:
-                    pipe.copy(
-                        k.outputs(src, slug, int(index)),
-                        k.outputs(dst, slug, int(index)),
-                        replace=True,
-                    )
-
-        # (a write to the source's run hash meanwhile, not its deletion, is simply tried again)
-        self.r.transaction(copy, k.run(src))
-        return total
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(k.run(src))
+                    status = pipe.hget(k.run(src), "status")
+                    if status is None:
+                        raise RunNotFound(src)
+                    if not RunState(status).terminal:
+                        raise IllegalTransition(
+                            f"run {src} is {status}: replay a run that has ended"
+                        )
+                    # (read after the WATCH: a change of the source from here aborts the copy)
+                    read = self.r.pipeline(transaction=False)
+                    for slug in slugs:
+                        read.hgetall(k.counts(src, slug))
+                        read.hget(k.node(src, slug), "tasks")
+                    replies = read.execute()
+                    pipe.multi()
+                    written: list[str] = []
+                    for i, slug in enumerate(slugs):
+                        pairs = [(k.node(src, slug), k.node(dst, slug))]
+                        pairs.append((k.counts(src, slug), k.counts(dst, slug)))
+                        pairs += [
+                            (k.outputs(src, slug, int(index)), k.outputs(dst, slug, int(index)))
+                            for index in replies[2 * i]
+                        ]
+                        for key, to in pairs:
+                            pipe.copy(key, to, replace=True)
+                            written.append(to)
+                        pipe.hset(k.node(dst, slug), "reused_from", src)
+                    pipe.execute()
+                except WatchError:
+                    continue
+            total = sum(int(replies[2 * i + 1] or 0) for i in range(len(slugs)))
+            return total, written
 
     def run(self, run_id: str) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.run(run_id))

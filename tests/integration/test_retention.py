@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dagworker import Client
+from dagworker import Client, RunHandle
 from dagworker.errors import RunNotFound
 from dagworker.store import now
 from dagworker.store.retention import BACKFILL_EVERY_S
@@ -56,6 +56,16 @@ def ended(d: Deployment) -> dict[str, float]:
 def sweep(d: Deployment, after: float) -> int:
     """One retention sweep as the reconciler does it, ``after`` seconds from now."""
     return d.client(result_ttl=TTL).store.purge_expired(now() + after)
+
+
+def completed(d: Deployment, client: Client, name: str, n: int = 2) -> RunHandle:
+    """A run of ``src`` (emits n) -> ``b`` (one task each), completed and fully drained."""
+    handle = client.submit(
+        {"name": name, "nodes": [node("a", "t_emit", config={"n": n}), node("b", "t_double", "a")]}
+    )
+    assert handle.wait(WAIT).status == "completed"
+    wait_for(lambda: d.drained(scheduled=True), WAIT)
+    return handle
 
 
 def test_finished_runs_are_deleted_with_every_key_after_the_ttl(kept: Deployment) -> None:
@@ -178,14 +188,7 @@ def test_a_run_resumed_after_it_ended_is_not_deleted(kept: Deployment) -> None:
 
 def test_an_interrupted_deletion_is_finished_by_the_next_sweep(kept: Deployment) -> None:
     client = kept.client()
-    handle = client.submit(
-        {
-            "name": "ret-cut",
-            "nodes": [node("src", "t_emit", config={"n": 4}), node("b", "t_double", "src")],
-        }
-    )
-    assert handle.wait(WAIT).status == "completed"
-    wait_for(lambda: kept.drained(scheduled=True), WAIT)
+    handle = completed(kept, client, "ret-cut", 4)
     store, k = client.store, client.store.keys
     # Given a sweep that died right after its first, atomic, step (the run hash deleted)
     with reconciler_held(kept):
@@ -241,13 +244,7 @@ def test_a_run_created_again_while_its_deletion_was_pending_is_kept(kept: Deploy
 
 def test_a_replay_of_a_run_being_deleted_is_refused_before_it_starts(kept: Deployment) -> None:
     client = kept.client()
-    handle = client.submit(
-        {
-            "name": "ret-replay",
-            "nodes": [node("a", "t_emit", config={"n": 2}), node("b", "t_double", "a")],
-        }
-    )
-    assert handle.wait(WAIT).status == "completed"
+    handle = completed(kept, client, "ret-replay")
     store, k = client.store, client.store.keys
     before = set(kept.redis.scan_iter(match=f"{kept.prefix}:*", count=1000))
     # Given its deletion begun (the run hash gone, its nodes and outputs not yet)
@@ -260,6 +257,34 @@ def test_a_replay_of_a_run_being_deleted_is_refused_before_it_starts(kept: Deplo
         assert k.outputs(handle.id, "a", 0) in before and kept.redis.exists(
             k.outputs(handle.id, "a", 0)
         )
+
+
+def test_a_replay_copies_nothing_from_a_source_resumed_or_left_behind(
+    kept: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagworker.control import replay
+    from dagworker.errors import IllegalTransition, StoreError
+
+    client = kept.client()
+    handle = completed(kept, client, "ret-replay2")
+    store, k = client.store, client.store.keys
+    before = set(run_keys(kept))
+    # Given a source that is running again (a retry between the replay's check and its copy)
+    kept.redis.hset(k.run(handle.id), "status", "running")
+    with pytest.raises(IllegalTransition):
+        store.copy_nodes(handle.id, "replay-target", ["a"])
+    kept.redis.hset(k.run(handle.id), "status", "completed")
+    # Given a new run that cannot be created after the copy (a Redis error)
+    orch = client.orchestrator
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise StoreError("refused by the test")
+
+    monkeypatch.setattr(orch.store, "create_run", refuse)
+    with pytest.raises(StoreError):
+        replay(orch, handle.id, ["b"])
+    # Then neither left a key behind
+    assert set(run_keys(kept)) == before
 
 
 def test_staged_outputs_are_kept_as_long_as_their_run(kept: Deployment) -> None:
@@ -277,11 +302,16 @@ def test_staged_outputs_are_kept_as_long_as_their_run(kept: Deployment) -> None:
 def test_due_entries_of_deleted_runs_are_dropped(kept: Deployment) -> None:
     from dagworker.reconciler import publish_due
 
-    client = kept.client()
+    orch = kept.client().orchestrator
     due = f"{kept.prefix}:due"
-    kept.redis.zadd(due, {"retry|gone-run|a|0|2": 0, "comp|gone-run|a|0|1": 0})
-    assert publish_due(client.orchestrator) == 2
-    assert kept.redis.zcard(due) == 0
+    # Given due entries (a retry, a compensation retry, hooks) of a run that was deleted
+    kept.redis.zadd(
+        due, {"retry|gone-run|a|0|2": 0, "comp|gone-run|a|0|1": 0, "hook|gone-run|completed": 0}
+    )
+    # When the poller runs (this one or a worker's: whichever claims them first)
+    publish_due(orch)
+    # Then they are dropped, not leased again every 30 s (DUE_LEASE_S) for ever
+    wait_for(lambda: kept.redis.zcard(due) == 0, 10)
 
 
 def d_purging(d: Deployment) -> list[str]:
