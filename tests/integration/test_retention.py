@@ -370,3 +370,36 @@ def test_workers_delete_expired_runs_by_themselves(tmp_path: Any) -> None:
         # and counted for the exporter (dagworker_runs_deleted_total)
         metrics = f"{d.prefix}:metrics"
         wait_for(lambda: int(d.redis.hget(metrics, '["runs_deleted"]') or 0) >= 1, 30)
+
+
+def test_runs_are_all_deleted_while_workers_are_killed(crashy: Deployment) -> None:
+    # Given workers that keep finished runs one second and are SIGKILLed and replaced while
+    # 30 runs finish and are swept (crash timings: redelivery after 3 s, reconciler 0.5 s)
+    ttl = {"DAGWORKER_RESULT_TTL": "1"}
+    crashy.start_worker(**ttl)
+    crashy.start_worker(**ttl)
+    client = crashy.client()
+    ids = [
+        client.submit(
+            {
+                "name": "ret-chaos",
+                "nodes": [node("a", "t_emit", config={"n": 20}), node("b", "t_double", "a")],
+            }
+        ).id
+        for _ in range(30)
+    ]
+    for _ in range(6):
+        time.sleep(0.7)  # the kills' pace, as in the chaos suite: nothing to wait on
+        crashy.workers[-2].kill()  # the older of the two live ones
+        crashy.start_worker(**ttl)
+    # When the fleet is left alone
+    # Then every run ended and was deleted, every key of it (no key re-created by a late
+    # delivery), and no deletion is left pending
+    wait_for(lambda: not run_keys(crashy), 120)
+    for key in ("runs:purging", "runs:active", "runs:ended"):
+        assert not crashy.redis.zcard(f"{crashy.prefix}:{key}"), key
+    assert client.store.run_ids(limit=100) == []
+    # and each had done all of its work first (the plugins' own records outlive the runs)
+    for run_id in ids:
+        ran = {(c["node"], c["task"]) for c in crashy.calls(run_id)}
+        assert ran == {("a", 0), *(("b", i) for i in range(20))}, run_id
