@@ -358,6 +358,30 @@ def runs(limit: int, as_json: bool, redis_url: str | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--older-than",
+    type=float,
+    default=None,
+    help="Seconds since a run ended (default: $DAGWORKER_RESULT_TTL).",
+)
+@redis_option
+def prune(older_than: float | None, redis_url: str | None) -> None:
+    """Delete finished runs that ended long enough ago, every key of them.
+
+    The workers do the same at the end of every reconciler pass (DAGWORKER_RESULT_TTL); this
+    is for a fleet that is stopped, or a shorter retention now. A run running again is kept,
+    one with tasks in flight is kept one period more, a child run goes with its parent.
+    """
+    if older_than is not None and not older_than > 0:
+        raise click.BadParameter(
+            f"{older_than}: a number of seconds above 0", param_hint="--older-than"
+        )
+    with _errors():
+        deleted = _client(redis_url).prune(older_than)
+        click.echo(f"deleted {deleted} finished run(s)")
+
+
+@main.command()
 @click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--run", "run_id", help="Colour nodes by the states of this run.")
 @click.option(

@@ -18,7 +18,7 @@ from dagworker.plugin import registry as default_registry
 from dagworker.settings import Settings
 from dagworker.states import NodeState, RunState
 from dagworker.status import RunStatus, TaskHistory, read_status, task_history
-from dagworker.store import Store
+from dagworker.store import Store, now
 from dagworker.validation import check_input, validate
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
@@ -279,6 +279,20 @@ class Client:
             except RunNotFound:
                 continue
         return out
+
+    def prune(self, older_than: float | None = None) -> int:
+        """Delete the finished runs that ended ``older_than`` seconds ago or more (default:
+        DAGWORKER_RESULT_TTL), as the workers' reconciler does every pass, until none is left;
+        returns how many were deleted (child runs included). The same rules hold: a run that
+        runs again is kept, one with tasks in flight is kept one period more, a child goes
+        with its parent."""
+        ttl = self.store.settings.result_ttl if older_than is None else older_than
+        if not ttl > 0:
+            raise ValueError(f"older_than={older_than!r}: a number of seconds above 0")
+        total = 0
+        while n := self.store.purge_expired(now(), budget_s=10.0, ttl=ttl):
+            total += n
+        return total
 
     def node_state(self, run_id: str, slug: str) -> NodeState:
         return NodeState(self.store.nodes(run_id)[slug])

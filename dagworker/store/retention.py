@@ -40,13 +40,19 @@ class RetentionStore(StoreBase):
     """Expiry of finished runs."""
 
     def purge_expired(
-        self, at: float, budget_keys: int = 200_000, budget_s: float = 1.0, backfill_steps: int = 20
+        self,
+        at: float,
+        budget_keys: int = 200_000,
+        budget_s: float = 1.0,
+        backfill_steps: int = 20,
+        ttl: float | None = None,
     ) -> int:
-        """Delete the runs that finished ``result_ttl`` or more before ``at``, oldest first,
-        resuming deletions an earlier sweep left unfinished. A run is deleted whole; no run is
-        begun once ``budget_keys`` keys were deleted or ``budget_s`` seconds spent (the next
-        sweep goes on). Returns the number of runs deleted, child runs included."""
-        ttl = self.settings.result_ttl
+        """Delete the runs that finished ``ttl`` (default ``result_ttl``) or more before ``at``,
+        oldest first, resuming deletions an earlier sweep left unfinished. A run is deleted
+        whole; no run is begun once ``budget_keys`` keys were deleted or ``budget_s`` seconds
+        spent (the next sweep goes on). Returns the number of runs deleted, child runs
+        included."""
+        ttl = self.settings.result_ttl if ttl is None else ttl
         if ttl <= 0:
             return 0
         started = time.monotonic()
@@ -78,7 +84,7 @@ class RetentionStore(StoreBase):
                 if not batch:
                     break
                 for run_id in batch:
-                    if self._begin_purge(run_id, at, cutoff):
+                    if self._begin_purge(run_id, at, cutoff, ttl):
                         n, children = self._delete_run_keys(run_id)
                         deleted += n
                         purged += 1 + children
@@ -89,8 +95,14 @@ class RetentionStore(StoreBase):
             log.exception("retention: the sweep stopped after %d run(s)", purged)
         return purged
 
-    def _begin_purge(self, run_id: str, at: float, cutoff: float, child: bool = False) -> bool:
-        k, ttl = self.keys, self.settings.result_ttl
+    def _begin_purge(
+        self, run_id: str, at: float, cutoff: float, ttl: float, child: bool = False
+    ) -> bool:
+        """``purge_run.lua`` for one run: deleted if it finished by ``cutoff``; one with tasks
+        in flight only if it finished by ``cutoff - ttl``, else queued again ``ttl`` later. A
+        child going with its parent: cutoff FOREVER, ttl 0 (whatever its state, unless it
+        runs again)."""
+        k = self.keys
         return bool(
             self._scripts["purge_run"](
                 keys=[k.run(run_id), k.runs_ended, k.runs_all, k.runs_purging],
@@ -115,7 +127,7 @@ class RetentionStore(StoreBase):
         deleted, children = 0, 0
         for child in sorted(self.r.smembers(k.children(run_id))):
             # a child that is not finished (retried on its own) is kept, queued for later
-            if self._begin_purge(child, now(), FOREVER, child=True):
+            if self._begin_purge(child, now(), FOREVER, 0.0, child=True):
                 n, grandchildren = self._delete_run_keys(child)
                 deleted += n
                 children += 1 + grandchildren

@@ -192,7 +192,7 @@ def test_an_interrupted_deletion_is_finished_by_the_next_sweep(kept: Deployment)
     store, k = client.store, client.store.keys
     # Given a sweep that died right after its first, atomic, step (the run hash deleted)
     with reconciler_held(kept):
-        assert store._begin_purge(handle.id, now(), now() + 1)
+        assert store._begin_purge(handle.id, now(), now() + 1, TTL)
         left = run_keys(kept, handle.id)
         assert left and k.run(handle.id) not in left
         with pytest.raises(RunNotFound):
@@ -249,7 +249,7 @@ def test_a_replay_of_a_run_being_deleted_is_refused_before_it_starts(kept: Deplo
     before = set(kept.redis.scan_iter(match=f"{kept.prefix}:*", count=1000))
     # Given its deletion begun (the run hash gone, its nodes and outputs not yet)
     with reconciler_held(kept):
-        assert store._begin_purge(handle.id, now(), now() + 1)
+        assert store._begin_purge(handle.id, now(), now() + 1, TTL)
         # When its nodes are copied for a replay, nothing is copied and the run is unknown
         with pytest.raises(RunNotFound):
             store.copy_nodes(handle.id, "replay-target", ["a"])
@@ -403,3 +403,32 @@ def test_runs_are_all_deleted_while_workers_are_killed(crashy: Deployment) -> No
     for run_id in ids:
         ran = {(c["node"], c["task"]) for c in crashy.calls(run_id)}
         assert ran == {("a", 0), *(("b", i) for i in range(20))}, run_id
+
+
+def test_prune_deletes_finished_runs_from_the_command_line(kept: Deployment) -> None:
+    from click.testing import CliRunner
+
+    from dagworker.cli import EXIT_INVALID, EXIT_OK, main
+
+    client = kept.client()
+    old = completed(kept, client, "ret-prune")
+    running = client.submit(
+        {"name": "ret-prune-running", "nodes": [node("a", "t_sleep", config={"seconds": 3.0})]}
+    )
+    wait_for(lambda: any(c["node"] == "a" for c in kept.calls(running.id)), WAIT)
+    env = kept.env()
+    # When finished runs older than a day are pruned: none is that old
+    out = CliRunner().invoke(main, ["prune", "--older-than", "86400"], env=env)
+    assert out.exit_code == EXIT_OK and "deleted 0 finished run(s)" in out.output
+    assert run_keys(kept, old.id)
+    # When those that ended half its age ago or more are: the finished one goes
+    age = now() - float(kept.redis.hget(f"{kept.prefix}:run:{{{old.id}}}", "finished_at"))
+    out = CliRunner().invoke(main, ["prune", "--older-than", str(age / 2)], env=env)
+    assert out.exit_code == EXIT_OK and "deleted 1 finished run(s)" in out.output
+    assert run_keys(kept, old.id) == []
+    # and the running one is left alone
+    assert running.state().value == "running"
+    # A period that is not above 0 is refused, naming the option
+    out = CliRunner().invoke(main, ["prune", "--older-than", "0"], env=env)
+    assert out.exit_code == EXIT_INVALID and "--older-than" in out.output
+    assert running.wait(WAIT).status == "completed"
