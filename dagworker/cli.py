@@ -360,7 +360,7 @@ def runs(limit: int, as_json: bool, redis_url: str | None) -> None:
 @main.command()
 @click.option(
     "--older-than",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds since a run ended (default: $DAGWORKER_RESULT_TTL).",
 )
@@ -372,10 +372,6 @@ def prune(older_than: float | None, redis_url: str | None) -> None:
     is for a fleet that is stopped, or a shorter retention now. A run running again is kept,
     one with tasks in flight is kept one period more, a child run goes with its parent.
     """
-    if older_than is not None and not older_than > 0:
-        raise click.BadParameter(
-            f"{older_than}: a number of seconds above 0", param_hint="--older-than"
-        )
     with _errors():
         deleted = _client(redis_url).prune(older_than)
         click.echo(f"deleted {deleted} finished run(s)")

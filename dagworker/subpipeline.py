@@ -26,13 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagworker.catalog import Catalog, split_ref
 from dagworker.context import TaskContext
-from dagworker.errors import (
-    PipelineError,
-    PluginError,
-    Problem,
-    RunError,
-    StoreError,
-)
+from dagworker.errors import PipelineError, PluginError, Problem, RunError, StoreError
 from dagworker.pipeline import SUBPIPELINE_PLUGIN, Pipeline
 from dagworker.plugin import registry
 from dagworker.states import RunState
@@ -192,7 +186,7 @@ def notify_parent(orch: Orchestrator, run_id: str, event: str) -> None:
     if not run.get("parent"):
         return
     prun, slug, index, attempt = json.loads(run["parent"])
-    if not store.r.hexists(store.keys.run(prun), "status"):
+    if not store.run_exists(prun):
         # (a child retried on its own after its parent was deleted, DAGWORKER_RESULT_TTL)
         log.warning("child run %s %s: its parent run %s no longer exists", run_id, event, prun)
         return

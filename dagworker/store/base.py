@@ -59,6 +59,11 @@ class StoreBase:
         self.keys = Keys(settings.key_prefix)
         self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPTS}
 
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the run exists: its hash has a status (a late write to a deleted run, such
+        as a counter's increment, leaves a hash without one)."""
+        return bool(self.r.hexists(self.keys.run(run_id), "status"))
+
     def _eval_pipeline(
         self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
     ) -> list[Any]:

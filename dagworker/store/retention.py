@@ -56,7 +56,6 @@ class RetentionStore(StoreBase):
         if ttl <= 0:
             return 0
         started = time.monotonic()
-        self.backfill_ended(at, backfill_steps)
         k = self.keys
         deleted, purged = 0, 0
 
@@ -64,10 +63,11 @@ class RetentionStore(StoreBase):
             return deleted >= budget_keys or time.monotonic() - started >= budget_s
 
         try:
+            self.backfill_ended(at, backfill_steps)
             for run_id in self.r.zrange(k.runs_purging, 0, SWEEP_BATCH - 1):
                 if self.r.zscore(k.runs_purging, run_id) is None:
                     continue  # a child, deleted with its parent just before
-                if self.r.hexists(k.run(run_id), "status"):
+                if self.run_exists(run_id):
                     # Created again (a deterministic child id) since its deletion began: the
                     # new run is not deleted; what is left of the old one is shared with it.
                     log.warning("retention: run %s exists again; its deletion is dropped", run_id)
@@ -91,7 +91,8 @@ class RetentionStore(StoreBase):
                         if spent():
                             break
         except Exception:
-            # (a Redis error midway: what was deleted is counted; the next sweep goes on)
+            # (a Redis error midway: what was deleted is counted; the next sweep goes on; a
+            # failing sweep never stops the reconciler pass it ends)
             log.exception("retention: the sweep stopped after %d run(s)", purged)
         return purged
 

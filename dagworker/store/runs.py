@@ -148,7 +148,7 @@ class Store(OutputStore, CompensationStore, RetentionStore):
 
     def run(self, run_id: str) -> dict[str, str]:
         data: dict[str, str] = self.r.hgetall(self.keys.run(run_id))
-        if "status" not in data:  # (a late write to a deleted run leaves a hash without one)
+        if "status" not in data:  # (as run_exists: a late write leaves a hash without one)
             raise RunNotFound(run_id)
         return data
 
